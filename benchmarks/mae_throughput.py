@@ -1,0 +1,125 @@
+"""MAE training throughput, peak memory and model-FLOPs utilisation.
+
+    python benchmarks/mae_throughput.py --sizes small base --batch 32           # fp32 on the CPU
+    python benchmarks/mae_throughput.py --device cuda --precision bf16 --batch 256
+
+Times full optimiser steps (forward, backward, AdamW) of sslvit's MAE (paper decoder
+8 x 512 x 16, mask 0.75) on synthetic 224 px images, so the figure is the model's, not the
+data path's.  Model FLOPs per image are counted by ``torch.utils.flop_counter`` on one real
+step; the machine's matmul peak is measured in the same run (a large square matmul in the
+same precision), and MFU = achieved FLOP/s / that peak.  Prints one JSON line per size and a
+Markdown row for docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sslvit.models.encoder import EncoderConfig
+from sslvit.objectives.mae import MAE
+from sslvit.objectives.optim import param_groups
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, seconds: float = 3.0) -> float:
+    """Sustained FLOP/s of an n x n matmul: the practical ceiling for a Transformer's linear layers."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if device.type == "cuda" and reps % 10:
+            continue
+        sync(device)
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide high-water mark
+
+
+def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str) -> dict:
+    torch.manual_seed(0)
+    model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=224, pos_embed="sincos")).to(device)
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.05), lr=1e-4, betas=(0.9, 0.95))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    imgs = torch.randn(batch, 3, 224, 224, device=device)
+
+    def step() -> None:
+        with autocast:
+            loss = model(imgs)[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops_per_image = counter.get_total_flops() / batch  # forward + backward, as counted
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    ips = batch * steps / seconds
+    return {
+        "size": size,
+        "batch": batch,
+        "precision": precision,
+        "images_per_s": round(ips, 2),
+        "gflops_per_image": round(flops_per_image / 1e9, 2),
+        "achieved_tflops": round(ips * flops_per_image / 1e12, 4),
+        "peak_memory_mib": round(peak_memory_mib(device)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=["small", "base"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = matmul_peak(device, dtype)
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(json.dumps({"machine": machine, "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
+    rows = []
+    for size in args.sizes:
+        r = bench(size, args.batch, args.steps, args.warmup, device, args.precision)
+        r["mfu_of_measured_peak"] = round(r["achieved_tflops"] * 1e12 / peak, 3)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    print("\n| model | batch | precision | images/s | GFLOP/image (fwd+bwd) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| ViT-{r['size'][0].upper()}/16 MAE | {r['batch']} | {r['precision']} | {r['images_per_s']} | {r['gflops_per_image']} "
+              f"| {r['achieved_tflops']} | {r['mfu_of_measured_peak']:.1%} | {r['peak_memory_mib']} |")
+
+
+if __name__ == "__main__":
+    main()

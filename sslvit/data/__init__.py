@@ -1,0 +1,1 @@
+"""WebDataset shards in, decoded and augmented batches out."""

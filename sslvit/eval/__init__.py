@@ -1,0 +1,1 @@
+"""Evaluation on frozen features: FAISS k-NN, and the callbacks that report it."""

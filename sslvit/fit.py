@@ -1,0 +1,147 @@
+"""``python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]``
+
+A recipe names the objective (``model.class_path``), the data and the Trainer; LightningCLI
+(jsonargparse) checks every key against the classes' signatures before any work starts.
+Everything a run makes stays in ``trainer.default_root_dir``:
+
+    config.yaml              the resolved recipe
+    checkpoints/last.ckpt    plus periodic ``step=*.ckpt``
+    logs/                    CSV (and TensorBoard when installed)
+    figures/                 e.g. MAE reconstructions
+    summary.json             final metrics
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from jsonargparse import ArgumentError
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from sslvit.callbacks import ImagesPerSecond
+from sslvit.data.datamodule import ShardDataModule
+from sslvit.errors import ConfigError
+from sslvit.summary import read_summary, update_summary
+
+USAGE = "usage: python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]"
+
+
+class SaveRecipe(SaveConfigCallback):
+    """The resolved recipe goes to ``<run>/config.yaml`` (not into a logger's version folder)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(run_dir / "config.yaml"), overwrite=True)
+
+
+class FitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="resume from this checkpoint")
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=int, default=1000, help="periodic checkpoints (last.ckpt is kept too)"
+        )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Run-directory defaults: loggers and checkpoints under ``default_root_dir``, throughput."""
+        cfg = self.config_init
+        run_dir = Path(cfg["trainer"].get("default_root_dir") or "runs/default")
+        kwargs["default_root_dir"] = str(run_dir)
+        if cfg["trainer"].get("logger") in (None, True):
+            csv = CSVLogger(run_dir, name="logs")  # logs/version_N/metrics.csv; a resumed run gets the next N
+            kwargs["logger"] = [csv]
+            try:
+                kwargs["logger"].append(TensorBoardLogger(run_dir, name="logs", version=csv.version))
+            except ModuleNotFoundError:
+                pass  # tensorboard is optional; CSV always works
+        callbacks = list(cfg["trainer"].get("callbacks") or [])
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    filename="{step:07d}",
+                    every_n_train_steps=cfg["checkpoint_every_n_steps"],
+                    save_top_k=-1,
+                    save_last=True,
+                )
+            )
+        callbacks.append(ImagesPerSecond())
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def _chain(err: BaseException):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def one_line(err: BaseException) -> str:
+    """A recipe error as one line: our own ConfigError if it is in the chain, else the key jsonargparse
+    names (``Parser key "model"``) with the innermost reason (``Option 'mask_ratoi' is not accepted``)."""
+    chain = list(_chain(err))
+    ours = [e for e in chain if isinstance(e, ConfigError)]
+    if ours:
+        return str(ours[0])
+    first_lines = [str(e).strip().splitlines()[0].strip() for e in chain if str(e).strip()]
+    keys = [ln.split('"')[1] for ln in first_lines if ln.startswith('Parser key "')]
+    reason = next((ln for ln in reversed(first_lines) if not ln.endswith(":")), first_lines[-1] if first_lines else repr(err))
+    if reason.startswith("Expected a") and "Got value" in str(chain[-1]):  # the value sits on the next line
+        reason = " ".join(str(chain[-1]).split())
+    return f"{keys[-1]}: {reason}" if keys else reason
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        FitCLI(LightningModule, ShardDataModule, subclass_mode_model=True, run=False, args=argv)
+        return 0
+    if not argv or argv[0].startswith("-"):
+        print(f"sslvit.fit: error: no recipe given\n{USAGE}", file=sys.stderr)
+        return 2
+    recipe, overrides = argv[0], argv[1:]
+    if not Path(recipe).is_file():
+        print(f"sslvit.fit: error: recipe {recipe!r} does not exist", file=sys.stderr)
+        return 2
+    sys.argv = sys.argv[:1]  # LightningCLI reads ``args``; keep it from also seeing the real argv
+    try:
+        cli = FitCLI(
+            LightningModule,
+            ShardDataModule,
+            subclass_mode_model=True,
+            save_config_callback=SaveRecipe,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"exit_on_error": False},
+            run=False,
+            args=["--config", recipe, *overrides],
+        )
+        ckpt_path = cli.config["ckpt_path"]
+        if ckpt_path and not Path(ckpt_path).is_file():
+            raise ConfigError(f"--ckpt_path={ckpt_path!r} does not exist")
+        trainer, model = cli.trainer, cli.model
+        trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except Exception as err:
+        if not any(isinstance(e, (ArgumentError, ConfigError)) for e in _chain(err)):
+            raise  # our bug: keep the traceback
+        print(f"sslvit.fit: error: {recipe}: {one_line(err)}", file=sys.stderr)
+        return 2
+    run_dir = Path(trainer.default_root_dir)
+    if trainer.state.finished:
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final step, whatever the period
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    update_summary(run_dir, global_step=trainer.global_step, **metrics)
+    if trainer.is_global_zero:
+        print(f"summary {run_dir / 'summary.json'}: {json.dumps(read_summary(run_dir), sort_keys=True)}")
+    return 0 if trainer.state.finished else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Plain nn.Modules and pure functions: nothing here knows about Lightning."""

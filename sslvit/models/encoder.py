@@ -1,0 +1,162 @@
+"""The ONE place that builds a Vision Transformer: timm's, by size and patch.
+
+Every objective (MAE, DINO, supervised) holds an :class:`Encoder`, whose ``vit`` is a
+plain ``timm.models.vision_transformer.VisionTransformer``: patch embedding, a [class]
+token, position embeddings, pre-norm blocks with GELU MLPs and a final LayerNorm
+(Dosovitskiy et al. 2021).  We add around timm and never re-write its blocks, so the
+exported backbone is timm's own weights.
+"""
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from sslvit.errors import ConfigError
+from sslvit.models.masking import gather_tokens
+from sslvit.models.pos_embed import sincos_2d
+
+# width, depth, heads: ViT paper Table 1 (base/large/huge) and DeiT (tiny/small).
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+# timm's registered name for each size; our explicit arguments override its shape,
+# but the name travels into an export's config.json so plain timm rebuilds it.
+TIMM_NAMES = {
+    "tiny": "vit_tiny_patch16_224",
+    "small": "vit_small_patch16_224",
+    "base": "vit_base_patch16_224",
+    "large": "vit_large_patch16_224",
+    "huge": "vit_huge_patch14_224",
+}
+
+
+@dataclass
+class EncoderConfig:
+    """What a recipe says about the ViT; every objective takes one."""
+
+    size: Literal["tiny", "small", "base", "large", "huge"] = "base"
+    patch_size: int = 16  # 14, 16 or 32 in the papers; any divisor of img_size works
+    img_size: int = 224
+    in_chans: int = 3
+    pos_embed: Literal["learn", "sincos"] = "learn"  # learned 1-D (ViT) or fixed 2-D sin-cos (MAE's default)
+    global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
+    drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
+    dynamic_img_size: bool = False  # interpolate pos-embed per input size (DINO's 96 px local crops)
+    # Optional overrides of the size's shape, for tiny test and quick-start models.
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ConfigError(f"encoder.size={self.size!r} is not one of {sorted(SIZES)}")
+        if self.patch_size <= 0 or self.img_size % self.patch_size:
+            raise ConfigError(
+                f"encoder.patch_size={self.patch_size} does not divide encoder.img_size={self.img_size}"
+            )
+        width, _, heads = self.shape
+        if width % heads:
+            raise ConfigError(f"encoder.embed_dim={width} is not divisible by encoder.num_heads={heads}")
+        if self.pos_embed == "sincos" and width % 4:
+            raise ConfigError(f"encoder.pos_embed='sincos' needs embed_dim divisible by 4, got {width}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        width, depth, heads = SIZES[self.size]
+        return (self.embed_dim or width, self.depth or depth, self.num_heads or heads)
+
+
+def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
+    """timm VisionTransformer for ``cfg``; ``num_classes=0`` leaves no head."""
+    width, depth, heads = cfg.shape
+    vit = timm.create_model(
+        TIMM_NAMES[cfg.size],
+        pretrained=False,
+        num_classes=num_classes,
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=cfg.mlp_ratio,
+        global_pool=cfg.global_pool,
+        fc_norm=False,  # keep the final LayerNorm on every token, also for mean pooling (MAE, DINO)
+        class_token=True,
+        drop_path_rate=cfg.drop_path_rate,
+        dynamic_img_size=cfg.dynamic_img_size,
+        pretrained_cfg_overlay=dict(
+            input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+            crop_pct=0.875,
+            num_classes=num_classes,
+        ),
+    )
+    if cfg.pos_embed == "sincos":
+        gh, gw = vit.patch_embed.grid_size
+        with torch.no_grad():
+            vit.pos_embed.copy_(sincos_2d(width, gh, gw, num_prefix=vit.num_prefix_tokens))
+        vit.pos_embed.requires_grad_(False)  # fixed, as in MAE
+    return vit
+
+
+class Encoder(nn.Module):
+    """A timm ViT plus the few views of it the objectives need."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vit = build_vit(cfg)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        return self.vit.patch_embed.patch_size[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.vit.patch_embed.grid_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.vit.patch_embed.num_patches
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.vit.num_prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features: [B, C, H, W] -> [B, D] ([class] token or patch mean)."""
+        return self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All normed tokens: [B, C, H, W] -> [B, prefix + N, D]."""
+        return self.vit.forward_features(x)
+
+    def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode only the patches in ``ids_keep`` (MAE): [B, C, H, W], [B, N_keep] -> [B, 1 + N_keep, D].
+
+        Position embeddings are added before the subset is taken, so each kept token
+        knows where it came from; the [class] token is always kept.
+        """
+        vit = self.vit
+        x = vit.patch_embed(x)  # [B, N, D] (or [B, h, w, D] with dynamic size)
+        x = vit._pos_embed(x)  # [B, prefix + N, D]: timm's own pos-embed (and resampling)
+        p = vit.num_prefix_tokens
+        x = torch.cat([x[:, :p], gather_tokens(x[:, p:], ids_keep)], dim=1)  # [B, prefix + N_keep, D]
+        x = vit.norm_pre(x)
+        x = vit.blocks(x)
+        return vit.norm(x)

@@ -1,0 +1,108 @@
+"""Masked Autoencoders (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners").
+
+The encoder sees a random 25% of the patches; a lightweight decoder fills in mask tokens
+and predicts the pixels of the masked patches; the loss is their mean squared error.
+"""
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Union
+
+import torch
+from lightning.pytorch import LightningModule
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from sslvit.errors import ConfigError
+from sslvit.figures import denormalize, save_rows
+from sslvit.losses.mae import mae_loss
+from sslvit.models.encoder import Encoder, EncoderConfig
+from sslvit.models.mae_decoder import MAEDecoder
+from sslvit.models.masking import random_masking
+from sslvit.models.patches import patchify, unpatchify
+from sslvit.objectives.optim import adamw_warmup_cosine
+
+
+class MAE(LightningModule):
+    def __init__(
+        self,
+        encoder: EncoderConfig = EncoderConfig(pos_embed="sincos"),
+        mask_ratio: float = 0.75,  # paper Tab. 1c: 75% is best for both fine-tuning and linear probing
+        decoder_dim: int = 512,  # paper default decoder: 8 blocks, 512 wide, 16 heads (Tab. 1a/1b)
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        norm_pix_loss: bool = True,  # per-patch normalised pixel target (Tab. 1d)
+        base_lr: float = 1.5e-4,  # lr = base_lr x global batch / 256 (paper App. A.1)
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40,
+        min_lr: float = 0.0,
+        recon_every_n_steps: int = 1000,  # reconstruction grid PNG into <run>/figures; 0 = never
+        recon_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
+            encoder = EncoderConfig(**encoder)
+        if not 0.0 < mask_ratio < 1.0:
+            raise ConfigError(f"model.mask_ratio={mask_ratio} must be in (0, 1)")
+        for key, value in {"decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}.items():
+            if value <= 0:
+                raise ConfigError(f"model.{key}={value} must be positive")
+        if decoder_dim % decoder_heads or decoder_dim % 4:
+            raise ConfigError(
+                f"model.decoder_dim={decoder_dim} must be divisible by 4 and by model.decoder_heads={decoder_heads}"
+            )
+        self.save_hyperparameters()
+        self.hparams["encoder"] = asdict(encoder)  # plain data in checkpoints
+        self.encoder = Encoder(encoder)
+        self.decoder = MAEDecoder(
+            encoder_dim=self.encoder.embed_dim,
+            grid_size=self.encoder.grid_size,
+            patch_pixels=self.encoder.patch_size**2 * encoder.in_chans,
+            dim=decoder_dim,
+            depth=decoder_depth,
+            num_heads=decoder_heads,
+        )
+
+    def eval_encoder(self) -> Encoder:
+        """The backbone that evaluation and export use."""
+        return self.encoder
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: Union[float, None] = None):
+        """[B, C, H, W] -> (loss, pred [B, N, p*p*C], mask [B, N])."""
+        ratio = self.hparams.mask_ratio if mask_ratio is None else mask_ratio
+        m = random_masking(imgs.shape[0], self.encoder.num_patches, ratio, device=imgs.device)
+        latent = self.encoder.forward_visible(imgs, m.ids_keep)  # [B, 1 + N_keep, D]
+        pred = self.decoder(latent, m.ids_restore)  # [B, N, p*p*C]
+        target = patchify(imgs, self.encoder.patch_size)  # [B, N, p*p*C]
+        loss = mae_loss(pred, target, m.mask, norm_pix=self.hparams.norm_pix_loss)
+        return loss, pred, m.mask
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        imgs = batch[0]
+        loss, pred, mask = self(imgs)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        every = self.hparams.recon_every_n_steps
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
+            self.save_reconstruction(imgs, pred, mask)
+        return loss
+
+    def configure_optimizers(self):
+        h = self.hparams
+        return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr)
+
+    @torch.no_grad()
+    def save_reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> Path:
+        """Rows: original | masked | reconstruction (visible patches pasted back), as in the paper's Fig. 2."""
+        n, p = min(self.hparams.recon_samples, imgs.shape[0]), self.encoder.patch_size
+        imgs, pred, mask = imgs[:n].float(), pred[:n].float(), mask[:n, :, None].float()  # mask [n, N, 1]
+        target = patchify(imgs, p)  # [n, N, p*p*C]
+        if self.hparams.norm_pix_loss:  # predictions are in per-patch normalised units: undo with the target's stats
+            mean, std = target.mean(-1, keepdim=True), (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+            pred = pred * std + mean
+        grid, c = self.encoder.grid_size, imgs.shape[1]
+        masked = unpatchify(target * (1 - mask), p, grid, c)
+        recon = unpatchify(target * (1 - mask) + pred * mask, p, grid, c)
+        rows = [denormalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) for x in (imgs, masked, recon)]
+        path = Path(self.trainer.default_root_dir) / "figures" / f"mae_reconstruction_step{self.global_step:07d}.png"
+        return save_rows(rows, path, self.logger, "mae/reconstruction", self.global_step)

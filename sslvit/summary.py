@@ -1,0 +1,29 @@
+"""``<run>/summary.json``: the run's final figures, merged by whoever reports them (rank 0 only)."""
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+
+def read_summary(run_dir: Path) -> dict:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@rank_zero_only
+def update_summary(run_dir: Path, **values: float) -> None:
+    """Merge ``values`` into summary.json, written atomically (a kill never leaves half a file)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = read_summary(run_dir)
+    for key, value in values.items():
+        value = float(value) if isinstance(value, (int, float)) or hasattr(value, "item") else value
+        summary[key] = None if isinstance(value, float) and not math.isfinite(value) else value
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summary-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(tmp, run_dir / "summary.json")

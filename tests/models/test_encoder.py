@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from sslvit.errors import ConfigError
+from sslvit.models.encoder import SIZES, Encoder, EncoderConfig
+from sslvit.models.masking import random_masking
+from sslvit.models.pos_embed import sincos_2d
+from tests.conftest import tiny_encoder
+
+
+@pytest.mark.parametrize(
+    "size,patch,img",
+    [("tiny", 16, 224), ("small", 16, 64), ("base", 32, 96), ("large", 14, 56), ("huge", 14, 28), ("small", 8, 40)],
+)
+def test_shapes_for_sizes_patches_and_image_sizes(size, patch, img):
+    width, _, heads = SIZES[size]
+    enc = Encoder(EncoderConfig(size=size, patch_size=patch, img_size=img, depth=1)).eval()  # one block keeps it cheap
+    assert enc.embed_dim == width and enc.vit.blocks[0].attn.num_heads == heads
+    x = torch.randn(2, 3, img, img)
+    n = (img // patch) ** 2
+    assert enc.num_patches == n
+    assert enc.forward_tokens(x).shape == (2, 1 + n, width)
+    assert enc(x).shape == (2, width)
+
+
+def test_paper_sizes_are_the_vit_tables():
+    # ViT paper Tab. 1 (Base/Large/Huge) and DeiT (Tiny/Small): width, depth, heads
+    assert SIZES["base"] == (768, 12, 12) and SIZES["large"] == (1024, 24, 16) and SIZES["huge"] == (1280, 32, 16)
+    assert SIZES["tiny"] == (192, 12, 3) and SIZES["small"] == (384, 12, 6)
+
+
+def test_encoder_is_plain_timm_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    enc = Encoder(tiny_encoder())
+    assert type(enc.vit) is VisionTransformer
+    assert enc.vit.cls_token is not None and isinstance(enc.vit.norm, torch.nn.LayerNorm)
+
+
+def test_pooling_token_vs_mean_of_patches():
+    x = torch.randn(3, 3, 32, 32)
+    token = Encoder(tiny_encoder(global_pool="token")).eval()
+    avg = Encoder(tiny_encoder(global_pool="avg")).eval()
+    avg.load_state_dict(token.state_dict())
+    tokens = token.forward_tokens(x)  # [B, 1 + N, D], final-normed
+    torch.testing.assert_close(token(x), tokens[:, 0])
+    torch.testing.assert_close(avg(x), tokens[:, 1:].mean(dim=1))
+
+
+def test_sincos_pos_embed_is_fixed_table():
+    enc = Encoder(tiny_encoder(pos_embed="sincos"))
+    torch.testing.assert_close(enc.vit.pos_embed.data, sincos_2d(64, 4, 4, num_prefix=1))
+    assert not enc.vit.pos_embed.requires_grad
+    assert Encoder(tiny_encoder(pos_embed="learn")).vit.pos_embed.requires_grad
+
+
+def test_visible_subset_at_ratio_zero_equals_unmasked_forward():
+    enc = Encoder(tiny_encoder()).eval()
+    x = torch.randn(4, 3, 32, 32)
+    m = random_masking(4, enc.num_patches, 0.0)
+    visible = enc.forward_visible(x, m.ids_keep)  # patches in shuffled order
+    full = enc.forward_tokens(x)
+    unshuffled = visible[:, 1:].gather(1, m.ids_restore[..., None].expand(-1, -1, visible.shape[-1]))
+    torch.testing.assert_close(visible[:, 0], full[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(unshuffled, full[:, 1:], rtol=1e-4, atol=1e-5)
+
+
+def test_visible_subset_keeps_class_token_and_kept_count():
+    enc = Encoder(tiny_encoder()).eval()
+    m = random_masking(2, enc.num_patches, 0.75)
+    assert enc.forward_visible(torch.randn(2, 3, 32, 32), m.ids_keep).shape == (2, 1 + 4, 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs,culprit",
+    [
+        (dict(img_size=30, patch_size=8), "patch_size=8"),
+        (dict(size="gigantic"), "gigantic"),
+        (dict(embed_dim=66, num_heads=4), "embed_dim=66"),
+    ],
+)
+def test_bad_shapes_name_the_key(kwargs, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        tiny_encoder(**kwargs)

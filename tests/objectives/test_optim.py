@@ -1,0 +1,36 @@
+import math
+
+import pytest
+
+from sslvit.objectives.mae import MAE
+from sslvit.objectives.optim import param_groups, warmup_cosine
+from tests.conftest import tiny_encoder
+
+
+def test_no_weight_decay_on_norms_biases_tokens_and_pos_embed():
+    model = MAE(encoder=tiny_encoder(pos_embed="learn"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    decay, no_decay = param_groups(model.named_parameters(), 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    for name in ("encoder.vit.pos_embed", "encoder.vit.cls_token", "decoder.mask_token", "encoder.vit.norm.weight",
+                 "encoder.vit.blocks.0.attn.qkv.bias", "encoder.vit.blocks.0.norm1.bias"):
+        assert name in no_decay_names, name
+    for name in ("encoder.vit.blocks.0.attn.qkv.weight", "encoder.vit.patch_embed.proj.weight", "decoder.pred.weight"):
+        assert name in decay_names, name
+
+
+def test_frozen_sincos_pos_embed_is_not_optimised():
+    model = MAE(encoder=tiny_encoder(pos_embed="sincos"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    params = [p for g in param_groups(model.named_parameters(), 0.05) for p in g["params"]]
+    assert all(p is not model.encoder.vit.pos_embed for p in params)
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 10, 110, 1.0, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 110, 1.0, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 110, 1.0, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110, 1.0, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine(110, 10, 110, 1.0, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(35, 10, 110, 1.0, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))

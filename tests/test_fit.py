@@ -1,0 +1,118 @@
+"""``python -m sslvit.fit``: a real fit on tiny shards, bad recipes, and resume."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sslvit.fit import main
+
+RECIPE = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 30,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {
+        "class_path": "sslvit.objectives.MAE",
+        "init_args": {
+            "encoder": {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2,
+                        "num_heads": 2, "pos_embed": "sincos"},
+            "decoder_dim": 32,
+            "decoder_depth": 1,
+            "decoder_heads": 2,
+            "base_lr": 5e-2,
+            "warmup_epochs": 1,
+            "recon_every_n_steps": 10,
+        },
+    },
+    "data": {"img_size": 32, "batch_size": 16, "num_workers": 0, "epoch_samples": 64, "shuffle_buffer": 32},
+}
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_shards):
+    def write(**data_overrides) -> Path:
+        r = yaml.safe_load(yaml.safe_dump(RECIPE))
+        r["trainer"]["default_root_dir"] = str(tmp_path / "run")
+        r["data"]["train_shards"] = tiny_shards["train"]
+        r["data"].update(data_overrides)
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(r))
+        return path
+
+    return write
+
+
+def losses(run: Path) -> list[float]:
+    rows = []
+    for metrics in sorted((run / "logs").glob("version_*/metrics.csv")):
+        rows += [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
+    return rows
+
+
+def test_fit_writes_run_directory_and_loss_falls(recipe, tmp_path):
+    assert main([str(recipe())]) == 0
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    summary = yaml.safe_load((run / "summary.json").read_text())
+    assert summary["global_step"] == 30 and "train/loss" in summary
+    assert sorted(p.name for p in (run / "figures").glob("*.png"))[:1] == ["mae_reconstruction_step0000000.png"]
+    trace = losses(run)
+    assert len(trace) == 30
+    first, last = sum(trace[:5]) / 5, sum(trace[-5:]) / 5
+    assert last < 0.9 * first, (first, last)
+
+
+def test_resume_continues_the_step_count(recipe, tmp_path):
+    path = recipe()
+    assert main([str(path), "--trainer.max_steps=12"]) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 12
+    assert main([str(path), "--trainer.max_steps=20", f"--ckpt_path={ckpt}"]) == 0
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 20
+    assert yaml.safe_load((tmp_path / "run" / "summary.json").read_text())["global_step"] == 20
+    assert len(losses(tmp_path / "run")) == 20  # 12 logged by the first run, 8 more by the resumed one
+
+
+@pytest.mark.parametrize(
+    "override,culprit",
+    [
+        ("--model.init_args.mask_ratoi=0.5", "mask_ratoi"),
+        ("--model.init_args.mask_ratio=1.5", "mask_ratio=1.5"),
+        ("--model.init_args.encoder.patch_size=7", "patch_size=7"),
+        ("--trainer.max_stepz=3", "max_stepz"),
+        ("--data.batch_size=zero", "batch_size"),
+        ("--ckpt_path=/nonexistent/last.ckpt", "/nonexistent/last.ckpt"),
+    ],
+)
+def test_bad_keys_and_values_fail_in_one_line_naming_them(recipe, capsys, override, culprit):
+    assert main([str(recipe()), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and culprit in err[0], err
+
+
+def test_missing_shards_and_recipe_fail_in_one_line(recipe, capsys, tmp_path):
+    assert main([str(recipe(train_shards=str(tmp_path / "nope-{000..003}.tar")))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.train_shards" in err[0] and "nope-000.tar" in err[0], err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_command_line_exit_status_and_no_traceback(recipe):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sslvit.fit", str(recipe()), "--model.init_args.mask_ratoi=0.5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "mask_ratoi" in proc.stderr.strip().splitlines()[-1]
