@@ -1,11 +1,13 @@
 """MAE training throughput, peak memory and model-FLOPs utilisation.
 
-    python benchmarks/mae_throughput.py --sizes small base --batch 32           # fp32 on the CPU
-    python benchmarks/mae_throughput.py --device cuda --precision bf16 --batch 256
+    python benchmarks/mae_throughput.py --sizes small --batch 32                # fp32 on the CPU
+    python benchmarks/mae_throughput.py --sizes small --batch 32 --decoder-depth 1   # lightly's default decoder
+    python benchmarks/mae_throughput.py --device cuda --precision bf16 --batch 256 --sizes small base
 
 Times full optimiser steps (forward, backward, AdamW) of sslvit's MAE (paper decoder
 8 x 512 x 16, mask 0.75) on synthetic 224 px images, so the figure is the model's, not the
-data path's.  Model FLOPs per image are counted by ``torch.utils.flop_counter`` on one real
+data path's.  On the CPU, peak memory is the process's resident high-water mark, so run one
+size per process for a clean figure.  Model FLOPs per image are counted by ``torch.utils.flop_counter`` on one real
 step; the machine's matmul peak is measured in the same run (a large square matmul in the
 same precision), and MFU = achieved FLOP/s / that peak.  Prints one JSON line per size and a
 Markdown row for docs/benchmarks.md.
@@ -54,9 +56,10 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide high-water mark
 
 
-def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str) -> dict:
+def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int) -> dict:
     torch.manual_seed(0)
-    model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=224, pos_embed="sincos")).to(device)
+    model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=224, pos_embed="sincos"), decoder_depth=decoder_depth)
+    model = model.to(device)
     opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.05), lr=1e-4, betas=(0.9, 0.95))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     imgs = torch.randn(batch, 3, 224, 224, device=device)
@@ -86,6 +89,7 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, 
     return {
         "size": size,
         "batch": batch,
+        "decoder": f"{decoder_depth}x512",
         "precision": precision,
         "images_per_s": round(ips, 2),
         "gflops_per_image": round(flops_per_image / 1e9, 2),
@@ -100,6 +104,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--decoder-depth", type=int, default=8, help="MAE paper default 8 (x 512 wide)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
@@ -110,14 +115,14 @@ def main() -> None:
     print(json.dumps({"machine": machine, "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
     rows = []
     for size in args.sizes:
-        r = bench(size, args.batch, args.steps, args.warmup, device, args.precision)
+        r = bench(size, args.batch, args.steps, args.warmup, device, args.precision, args.decoder_depth)
         r["mfu_of_measured_peak"] = round(r["achieved_tflops"] * 1e12 / peak, 3)
         print(json.dumps(r), flush=True)
         rows.append(r)
-    print("\n| model | batch | precision | images/s | GFLOP/image (fwd+bwd) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | decoder | batch | precision | images/s | GFLOP/image (fwd+bwd) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| ViT-{r['size'][0].upper()}/16 MAE | {r['batch']} | {r['precision']} | {r['images_per_s']} | {r['gflops_per_image']} "
+        print(f"| ViT-{r['size'][0].upper()}/16 MAE | {r['decoder']} | {r['batch']} | {r['precision']} | {r['images_per_s']} | {r['gflops_per_image']} "
               f"| {r['achieved_tflops']} | {r['mfu_of_measured_peak']:.1%} | {r['peak_memory_mib']} |")
 
 

@@ -1,8 +1,9 @@
 """Small Lightning callbacks that ``sslvit.fit`` adds to every run."""
 
+import os
 import time
 
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, seed_everything
 
 
 class ImagesPerSecond(Callback):
@@ -23,3 +24,13 @@ class ImagesPerSecond(Callback):
             rate = self._images / max(time.perf_counter() - self._t0, 1e-9)
             pl_module.log("images_per_s", rate, prog_bar=True)
             self._t0, self._images = time.perf_counter(), 0
+
+
+class SeedPerRank(Callback):
+    """Seeds each rank with ``seed + rank`` (as MAE's reference does), so ranks draw different masks,
+    crops and worker seeds instead of repeating rank 0's random numbers."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.world_size > 1:
+            base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            seed_everything(base + trainer.global_rank, workers=True, verbose=False)

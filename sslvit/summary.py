@@ -21,7 +21,7 @@ def update_summary(run_dir: Path, **values: float) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = read_summary(run_dir)
     for key, value in values.items():
-        value = float(value) if isinstance(value, (int, float)) or hasattr(value, "item") else value
+        value = value.item() if hasattr(value, "item") else value  # tensors and numpy scalars -> Python numbers
         summary[key] = None if isinstance(value, float) and not math.isfinite(value) else value
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summary-", suffix=".json")
     with os.fdopen(fd, "w") as f:

@@ -45,5 +45,7 @@ def knn_scores(
 
 def knn_top1(bank, bank_labels, queries, query_labels, k: int = 20, temperature: float = 0.07) -> float:
     """Fraction of queries whose highest-scoring class is their label."""
+    if (bank_labels < 0).any() or (query_labels < 0).any():
+        raise ValueError("k-NN needs labelled samples: some shards have no .cls member")
     scores = knn_scores(bank, bank_labels, queries, k, temperature, int(max(bank_labels.max(), query_labels.max())) + 1)
     return (scores.argmax(dim=1) == query_labels).float().mean().item()

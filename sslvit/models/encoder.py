@@ -49,6 +49,7 @@ class EncoderConfig:
     pos_embed: Literal["learn", "sincos"] = "learn"  # learned 1-D (ViT) or fixed 2-D sin-cos (MAE's default)
     global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
     drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
+    weight_init: Literal["timm", "xavier"] = "timm"  # "xavier": MAE reference init (xavier-uniform linears and patch embed, [class] std .02)
     dynamic_img_size: bool = False  # interpolate pos-embed per input size (DINO's 96 px local crops)
     # Optional overrides of the size's shape, for tiny test and quick-start models.
     embed_dim: Optional[int] = None
@@ -102,12 +103,29 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
             num_classes=num_classes,
         ),
     )
+    if cfg.weight_init == "xavier":
+        xavier_init_(vit)
     if cfg.pos_embed == "sincos":
         gh, gw = vit.patch_embed.grid_size
         with torch.no_grad():
             vit.pos_embed.copy_(sincos_2d(width, gh, gw, num_prefix=vit.num_prefix_tokens))
         vit.pos_embed.requires_grad_(False)  # fixed, as in MAE
     return vit
+
+
+def xavier_init_(vit: nn.Module) -> None:
+    """MAE's initialisation of the encoder (models_mae.py ``initialize_weights``)."""
+    for m in vit.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    w = vit.patch_embed.proj.weight
+    nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))  # as a linear layer on flattened patches
+    nn.init.normal_(vit.cls_token, std=0.02)
 
 
 class Encoder(nn.Module):

@@ -25,7 +25,7 @@ from sslvit.objectives.optim import adamw_warmup_cosine
 class MAE(LightningModule):
     def __init__(
         self,
-        encoder: EncoderConfig = EncoderConfig(pos_embed="sincos"),
+        encoder: EncoderConfig = EncoderConfig(pos_embed="sincos", weight_init="xavier"),
         mask_ratio: float = 0.75,  # paper Tab. 1c: 75% is best for both fine-tuning and linear probing
         decoder_dim: int = 512,  # paper default decoder: 8 blocks, 512 wide, 16 heads (Tab. 1a/1b)
         decoder_depth: int = 8,
@@ -83,8 +83,8 @@ class MAE(LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         every = self.hparams.recon_every_n_steps
-        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
-            self.save_reconstruction(imgs, pred, mask)
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero and batch_idx % self.trainer.accumulate_grad_batches == 0:
+            self.save_reconstruction(imgs, pred, mask)  # once per optimiser step, also with accumulation
         return loss
 
     def configure_optimizers(self):

@@ -82,3 +82,13 @@ def test_visible_subset_keeps_class_token_and_kept_count():
 def test_bad_shapes_name_the_key(kwargs, culprit):
     with pytest.raises(ConfigError, match=culprit):
         tiny_encoder(**kwargs)
+
+
+def test_xavier_init_is_maes():
+    vit = Encoder(tiny_encoder(embed_dim=64, weight_init="xavier")).vit
+    w = vit.blocks[0].attn.qkv.weight  # xavier-uniform bound: sqrt(6 / (fan_in + fan_out))
+    assert w.abs().max() <= (6 / (64 + 192)) ** 0.5 and w.abs().max() > 0.9 * (6 / (64 + 192)) ** 0.5
+    assert (vit.blocks[0].attn.qkv.bias == 0).all()
+    p = vit.patch_embed.proj.weight.view(64, -1)  # fan_in = 8*8*3 on the flattened patch
+    assert p.abs().max() <= (6 / (64 + 192)) ** 0.5
+    assert 0.01 < vit.cls_token.std() < 0.03
