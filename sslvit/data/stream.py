@@ -63,6 +63,8 @@ def eval_loader(urls: Sequence[str], transform: Callable, batch_size: int, num_w
         wds.map(partial(_apply, transform)),
         wds.batched(batch_size, partial=True),
     )
+    # at most one worker: more would each read every shard (no worker split here); the
+    # exact-once split over ranks and workers comes with the streaming issue
     return wds.WebLoader(pipeline, batch_size=None, num_workers=min(num_workers, 1))
 
 

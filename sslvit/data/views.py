@@ -36,7 +36,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v * (1 / 256)).convert("L")
-    elif img.mode in ("P", "LA", "RGBA", "PA") and "A" in img.convert("RGBA").getbands():
+    elif img.mode in ("P", "LA", "RGBA", "PA"):  # transparency over white, not black
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)

@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from sslvit.errors import ConfigError
+from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
 from sslvit.models.pos_embed import sincos_2d
 
@@ -115,14 +116,7 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
 
 def xavier_init_(vit: nn.Module) -> None:
     """MAE's initialisation of the encoder (models_mae.py ``initialize_weights``)."""
-    for m in vit.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    xavier_linears_(vit)
     w = vit.patch_embed.proj.weight
     nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))  # as a linear layer on flattened patches
     nn.init.normal_(vit.cls_token, std=0.02)

@@ -9,6 +9,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
 from sslvit.models.pos_embed import sincos_2d
 
@@ -33,7 +34,7 @@ class MAEDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, patch_pixels)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_init_linear)
+        xavier_linears_(self)  # MAE reference init
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """[B, 1 + N_keep, D_enc] encoded visible tokens, [B, N] -> [B, N, p*p*C] predictions."""
@@ -47,13 +48,3 @@ class MAEDecoder(nn.Module):
         x = self.norm(self.blocks(x))
         return self.pred(x[:, 1:])  # [B, N, p*p*C], the [class] slot dropped
 
-
-def _init_linear(m: nn.Module) -> None:
-    # MAE reference init: xavier-uniform linear weights, zero biases, unit LayerNorm.
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)

@@ -29,3 +29,14 @@ def test_decode_gives_rgb_and_label(tiny_shards):
     sample = next(iter(wds.DataPipeline(wds.SimpleShardList(tiny_shards["train"][:1]), wds.tarfile_to_samples())))
     img, label = decode(sample)
     assert img.mode == "RGB" and img.size == (32, 32) and 0 <= label < 4
+
+
+def test_every_pil_mode_becomes_rgb():
+    from PIL import Image
+
+    from sslvit.data.views import to_rgb
+
+    for mode in ("1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "RGB"):
+        img = Image.new(mode, (5, 4))
+        out = to_rgb(img)
+        assert out.mode == "RGB" and out.size == (5, 4), mode
