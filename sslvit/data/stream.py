@@ -19,8 +19,11 @@ def decode(sample: dict) -> tuple[Image.Image, int]:
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise ValueError(f"{sample.get('__url__')}:{sample.get('__key__')}: no image member")
-    img = Image.open(io.BytesIO(sample[ext]))
-    img.load()
+    try:
+        img = Image.open(io.BytesIO(sample[ext]))
+        img.load()
+    except Exception as err:  # skipped by the pipeline's handler; the warning names the sample
+        raise ValueError(f"skipped {sample.get('__url__')}:{sample.get('__key__')}.{ext}: {err}") from None
     label = int(sample["cls"]) if "cls" in sample else -1
     return to_rgb(img), label
 

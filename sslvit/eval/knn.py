@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslvit.errors import ConfigError
+
 
 def build_index(bank: torch.Tensor) -> faiss.Index:
     """Exact inner-product index over the L2-normalised bank [M, D]."""
@@ -46,6 +48,6 @@ def knn_scores(
 def knn_top1(bank, bank_labels, queries, query_labels, k: int = 20, temperature: float = 0.07) -> float:
     """Fraction of queries whose highest-scoring class is their label."""
     if (bank_labels < 0).any() or (query_labels < 0).any():
-        raise ValueError("k-NN needs labelled samples: some shards have no .cls member")
+        raise ConfigError("k-NN needs labelled samples: some shards named for evaluation have no .cls member")
     scores = knn_scores(bank, bank_labels, queries, k, temperature, int(max(bank_labels.max(), query_labels.max())) + 1)
     return (scores.argmax(dim=1) == query_labels).float().mean().item()

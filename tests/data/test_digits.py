@@ -40,3 +40,21 @@ def test_every_pil_mode_becomes_rgb():
         img = Image.new(mode, (5, 4))
         out = to_rgb(img)
         assert out.mode == "RGB" and out.size == (5, 4), mode
+
+
+def test_corrupt_member_is_skipped_with_a_warning_naming_it(tmp_path):
+    import io
+
+    import pytest
+    import torchvision.transforms.v2 as v2
+    from PIL import Image
+
+    from sslvit.data.shards import write_shards
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    urls = write_shards(iter([{"__key__": "good", "png": buf.getvalue(), "cls": b"1"},
+                              {"__key__": "bad", "png": b"not an image", "cls": b"2"}]), tmp_path, "t")
+    with pytest.warns(UserWarning, match=r"t-000000.tar:bad.png"):
+        labels = [y for _, ys in eval_loader(urls, v2.Compose([v2.ToImage()]), 8) for y in ys.tolist()]
+    assert labels == [1]

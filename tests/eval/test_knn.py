@@ -27,3 +27,13 @@ def test_top1_on_separable_clusters_is_perfect():
     qlabels = torch.arange(5).repeat_interleave(10)
     queries = centres[qlabels] + torch.randn(50, 16, generator=g)
     assert knn_top1(bank, labels, queries, qlabels, k=10) == 1.0
+
+
+def test_unlabelled_samples_are_a_user_error():
+    import pytest
+
+    from sslvit.errors import ConfigError
+
+    bank = torch.randn(10, 4)
+    with pytest.raises(ConfigError, match=".cls"):
+        knn_top1(bank, -torch.ones(10, dtype=torch.long), bank, torch.zeros(10, dtype=torch.long))
