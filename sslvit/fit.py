@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sslvit.callbacks import ImagesPerSecond, SeedPerRank
+from sslvit.callbacks import ImagesPerSecond, SeedPerRank, SkippedSamples
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.errors import ConfigError
 from sslvit.summary import read_summary, update_summary
@@ -72,7 +72,7 @@ class FitCLI(LightningCLI):
                     save_last=True,
                 )
             )
-        callbacks += [ImagesPerSecond(), SeedPerRank()]
+        callbacks += [ImagesPerSecond(), SeedPerRank(), SkippedSamples()]
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

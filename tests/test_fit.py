@@ -116,3 +116,28 @@ def test_command_line_exit_status_and_no_traceback(recipe):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "mask_ratoi" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_skipped_samples_are_counted_into_the_summary(recipe, tmp_path):
+    """Unshuffled, one bad member ahead of each 16-image batch: 2 steps decode exactly 2 bad ones."""
+    import io
+
+    from PIL import Image
+
+    from sslvit.data.shards import write_shards
+
+    def png(i):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (i * 7 % 255, 0, 0)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    samples = []
+    for b in range(2):
+        samples.append({"__key__": f"bad{b}", "png": b"\x89PNG broken"})
+        samples += [{"__key__": f"ok{b}-{i:02d}", "png": png(i)} for i in range(16)]
+    urls = write_shards(iter(samples), tmp_path / "shards", "s", maxcount=100)
+    path = recipe(train_shards=urls, shuffle_buffer=0, epoch_samples=32)
+    with pytest.warns(UserWarning, match="s-000000.tar:bad0"):
+        assert main([str(path), "--trainer.max_steps=2"]) == 0
+    summary = yaml.safe_load((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_samples"] == 2 and summary["skipped_shards"] == 0

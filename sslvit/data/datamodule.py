@@ -1,15 +1,24 @@
 """The one LightningDataModule every objective reads through."""
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
+import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sslvit.data.shards import expand_urls, manifest_samples
-from sslvit.data.stream import batches_per_epoch, eval_loader, train_loader
-from sslvit.data.views import mae_view
+from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
+from sslvit.data.views import MAEView, MultiCropView, normalize
 from sslvit.errors import ConfigError
 
 Shards = Union[str, list[str]]
+VIEWS = ("mae", "multicrop")
+
+
+def _check_scale(key: str, scale: Sequence[float]) -> None:
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"data.{key}={list(scale)} must be [low, high] with 0 < low <= high <= 1")
 
 
 class ShardDataModule(LightningDataModule):
@@ -17,30 +26,41 @@ class ShardDataModule(LightningDataModule):
         self,
         train_shards: Optional[Shards] = None,  # brace pattern(s), paths, pipe:/http URLs, or "digits:train"
         val_shards: Optional[Shards] = None,  # labelled held-out shards (validation loss, k-NN monitor)
-        img_size: int = 224,
+        img_size: int = 224,  # the (global) crop size
         batch_size: int = 64,  # per device; the lr scales with the global batch
-        num_workers: int = 4,
-        view: str = "mae",
-        crop_scale: Sequence[float] = (0.2, 1.0),
+        num_workers: int = 4,  # loader processes per rank
+        view: str = "mae",  # "mae": one crop; "multicrop": DINO's 2 global + local_crops local crops
+        crop_scale: Sequence[float] = (0.2, 1.0),  # MAE App. A.1; DINO's global crops use (0.4, 1)
         hflip: bool = True,
+        local_crops: int = 8,  # DINO main_dino.py default (10 for its best ViT-S/16)
+        local_img_size: int = 96,
+        local_crop_scale: Sequence[float] = (0.05, 0.4),  # DINO main_dino.py default
         epoch_samples: Optional[int] = None,  # samples per epoch over all ranks; read from manifest.json if absent
-        shuffle_buffer: int = 2000,
+        resampled: bool = False,  # draw shards with replacement: for endless streams with no natural epoch
+        shuffle_buffer: int = 2000,  # samples held per worker for shuffling
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for key, value in {"batch_size": batch_size, "img_size": img_size}.items():
+        for key, value in {"batch_size": batch_size, "img_size": img_size, "local_img_size": local_img_size}.items():
             if value <= 0:
                 raise ConfigError(f"data.{key}={value} must be positive")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
-        if view != "mae":
-            raise ConfigError(f"data.view={view!r} is not one of ['mae']")
-        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ConfigError(f"data.crop_scale={list(crop_scale)} must be [low, high] with 0 < low <= high <= 1")
+        for key, value in {"num_workers": num_workers, "local_crops": local_crops, "shuffle_buffer": shuffle_buffer}.items():
+            if value < 0:
+                raise ConfigError(f"data.{key}={value} must be >= 0")
+        if view not in VIEWS:
+            raise ConfigError(f"data.view={view!r} is not one of {list(VIEWS)}")
+        _check_scale("crop_scale", crop_scale)
+        _check_scale("local_crop_scale", local_crop_scale)
         self.save_hyperparameters()
         self.batch_size = batch_size
 
-    def train_dataloader(self):
+    def train_view(self) -> Callable:
+        h = self.hparams
+        if h.view == "multicrop":
+            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale)
+        return MAEView(h.img_size, h.crop_scale, h.hflip)
+
+    def train_dataloader(self) -> StreamLoader:
         h = self.hparams
         if h.train_shards is None:
             raise ConfigError("data.train_shards must be given (a shard pattern, or digits:train)")
@@ -50,14 +70,32 @@ class ShardDataModule(LightningDataModule):
             raise ConfigError(
                 f"data.epoch_samples is needed: no manifest.json gives the sample count of {h.train_shards!r}"
             )
-        world = self.trainer.world_size if self.trainer else 1
-        n = batches_per_epoch(samples, h.batch_size, world)
-        view = mae_view(h.img_size, h.crop_scale, h.hflip)
-        return train_loader(urls, view, h.batch_size, n, h.num_workers, h.shuffle_buffer, h.seed)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        readers = world * max(1, h.num_workers)
+        if not h.resampled and len(urls) < readers:
+            rank_zero_warn(
+                f"data.train_shards: {len(urls)} shards for {readers} readers (ranks x workers): readers share "
+                "shards within a pass; write more, smaller shards (make_shards --maxcount) for a full shuffle"
+            )
+        stream = TrainStream(
+            urls, self.train_view(), h.batch_size, batches_per_epoch(samples, h.batch_size, world),
+            rank, world, h.seed, h.resampled, h.shuffle_buffer,
+        )
+        return StreamLoader(stream, h.num_workers, epoch_of=(lambda: trainer.current_epoch) if trainer else None)
 
-    def eval_loader(self, which: str, transform, batch_size: int = 256):
-        """Labelled split ('train' or 'val') in order, for evaluation callbacks."""
+    def eval_loader(self, which: str, view: Callable, batch_size: int = 256, rank: int = 0, world_size: int = 1) -> StreamLoader:
+        """The ``which`` split ('train' or 'val') exactly once over ``world_size`` ranks, in order, with keys."""
         spec = self.hparams[f"{which}_shards"]
         if spec is None:
             raise ConfigError(f"data.{which}_shards must be given for evaluation")
-        return eval_loader(expand_urls(spec, f"data.{which}_shards"), transform, batch_size, self.hparams.num_workers)
+        urls = expand_urls(spec, f"data.{which}_shards")
+        return StreamLoader(EvalStream(urls, view, batch_size, rank, world_size), self.hparams.num_workers)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training views give uint8 crops; normalise them here, on the device, once per batch."""
+        if isinstance(batch, dict) and "image" in batch:
+            images = batch["image"]
+            norm = lambda x: normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if x.dtype == torch.uint8 else x  # noqa: E731
+            batch["image"] = [norm(x) for x in images] if isinstance(images, list) else norm(images)
+        return batch

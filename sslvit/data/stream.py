@@ -1,76 +1,261 @@
-"""WebDataset pipelines: an endless, resampled training stream cut into equal epochs, and an
-in-order evaluation stream.  Members are decoded by us with PIL, never by pickle."""
+"""WebDataset streams over tar shards, split over ranks (every node's GPUs) and loader workers.
+
+* ``TrainStream``: shards shuffled each pass (or drawn with replacement: ``resampled``), a
+  sample shuffle buffer, and an epoch measured in batches, the same number on every rank, so
+  DDP never waits on a rank that ran out of shards.
+* ``EvalStream``: every sample exactly once over all ranks and workers, in a fixed order, with
+  its key, for evaluation and feature extraction.
+
+Members stay bytes until we decode the image member with PIL and parse ``.cls`` as an
+integer; nothing else is looked at, so a ``.pyd``/``.pickle``/``.pth`` member is never
+unpickled (a sample without an image member is skipped and counted).
+A sample that cannot be decoded, or a shard that cannot be opened or read to its end, is
+skipped, counted and reported by URL and key; each batch carries the counts since the last
+one (``batch["skipped"]`` = [samples, shards]) so the trainer can add them up over workers
+and ranks.
+"""
 
 import io
-import math
-from functools import partial
-from typing import Callable, Sequence
+import itertools
+import random
+import warnings
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
+import torch
 import webdataset as wds
 from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sslvit.data.views import to_rgb
+from sslvit.data.views import load_rgb
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm")
+MAX_BAD_STREAK = 1000  # this many undecodable samples in a row is a broken data set, not bad luck
+MAX_WARNINGS = 50  # per process; after that every 1000th skip is reported
+
+
+class Skips:
+    """What one process could not read: counted, and reported by URL and key."""
+
+    def __init__(self) -> None:
+        self.samples = self.shards = 0
+        self._sent = (0, 0)
+
+    def _warn(self, message: str) -> None:
+        n = self.samples + self.shards
+        if n <= MAX_WARNINGS or n % 1000 == 0:
+            warnings.warn(f"{message} ({self.samples} samples, {self.shards} shards skipped by this reader so far)")
+
+    def sample(self, sample: dict, err: BaseException) -> None:
+        self.samples += 1
+        self._warn(f"skipped {sample.get('__url__')}:{sample.get('__key__')}: {_reason(err)}")
+
+    def shard(self, url: str, err: BaseException) -> None:
+        self.shards += 1
+        self._warn(f"skipped shard {url} (from the failure on): {_reason(err)}")
+
+    def take(self) -> torch.Tensor:
+        """[samples, shards] skipped since the last call."""
+        delta = torch.tensor([self.samples - self._sent[0], self.shards - self._sent[1]])
+        self._sent = (self.samples, self.shards)
+        return delta
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err.args[0]) if err.args else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def read_shards(urls: Iterable[str], skips: Skips) -> Iterator[dict]:
+    """Raw samples (``__key__``, ``__url__`` and image/cls bytes) of each shard in turn."""
+    for url in urls:
+        try:
+            yield from wds.tarfile_samples([{"url": url}])
+        except Exception as err:  # cannot open, truncated tar, failing pipe: report it, read on
+            skips.shard(url, err)
+
+
+def open_image(sample: dict) -> Image.Image:
+    """The sample's image, opened (header read) but not decoded."""
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise ValueError(f"no image member (members: {sorted(k for k in sample if not k.startswith('__'))})")
+    if not sample[ext]:
+        raise ValueError(f"empty .{ext} member")
+    return Image.open(io.BytesIO(sample[ext]))
 
 
 def decode(sample: dict) -> tuple[Image.Image, int]:
-    """A raw shard sample -> (RGB PIL image, label or -1). Raises on a member PIL cannot read."""
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
-        raise ValueError(f"{sample.get('__url__')}:{sample.get('__key__')}: no image member")
-    try:
-        img = Image.open(io.BytesIO(sample[ext]))
-        img.load()
-    except Exception as err:  # skipped by the pipeline's handler; the warning names the sample
-        raise ValueError(f"skipped {sample.get('__url__')}:{sample.get('__key__')}.{ext}: {err}") from None
-    label = int(sample["cls"]) if "cls" in sample else -1
-    return to_rgb(img), label
+    """A raw sample -> (RGB PIL image, label or -1). Raises on a member PIL cannot read."""
+    return load_rgb(open_image(sample)), label_of(sample)
 
 
-def _apply(transform: Callable, item: tuple) -> tuple:
-    img, label = item
-    return transform(img), label
+def label_of(sample: dict) -> int:
+    return int(sample["cls"]) if "cls" in sample else -1
 
 
-def train_loader(
-    urls: Sequence[str],
-    transform: Callable,
-    batch_size: int,
-    batches_per_epoch: int,
-    num_workers: int = 4,
-    shuffle_buffer: int = 2000,
-    seed: int = 0,
-) -> wds.WebLoader:
-    """Each rank x worker draws shards at random (seeded by seed, rank, worker and pass), shuffles
-    samples through a buffer, and the loader yields exactly ``batches_per_epoch`` batches an
-    epoch on every rank, so DDP ranks never wait on one another."""
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(list(urls), seed=seed, deterministic=True),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)),
-        wds.map(decode, handler=wds.warn_and_continue),
-        wds.map(partial(_apply, transform)),
-        wds.batched(batch_size, partial=False),
-    )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
-    return loader.with_epoch(batches_per_epoch).with_length(batches_per_epoch, silent=True)
+def apply_view(sample: dict, view: Callable) -> tuple:
+    """(view output, label, key). Our training views decode lazily themselves (``takes_undecoded``)."""
+    img = open_image(sample)
+    out = view(img) if getattr(view, "takes_undecoded", False) else view(load_rgb(img))
+    return out, label_of(sample), sample["__key__"]
 
 
-def eval_loader(urls: Sequence[str], transform: Callable, batch_size: int, num_workers: int = 0) -> wds.WebLoader:
-    """Every sample of ``urls`` once, in order, on this process (no rank or worker split)."""
-    pipeline = wds.DataPipeline(
-        wds.SimpleShardList(list(urls)),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.map(decode, handler=wds.warn_and_continue),
-        wds.map(partial(_apply, transform)),
-        wds.batched(batch_size, partial=True),
-    )
-    # at most one worker: more would each read every shard (no worker split here); the
-    # exact-once split over ranks and workers comes with the streaming issue
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=min(num_workers, 1))
+def collate(items: list[tuple], skips: Skips) -> dict:
+    views = [it[0] for it in items]
+    image = [torch.stack(crops) for crops in zip(*views)] if isinstance(views[0], list) else torch.stack(views)
+    return {
+        "image": image,  # [B, 3, H, W], or a list of them (multi-crop)
+        "label": torch.tensor([it[1] for it in items]),  # -1 where unlabelled
+        "key": [it[2] for it in items],
+        "skipped": skips.take(),
+    }
+
+
+def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Skips, partial: bool) -> Iterator[dict]:
+    """Batches of viewed samples.  A finite stream (``partial``: its last batch may be short) holds
+    each batch back until the next is full or the stream ends, so the last batch also counts the
+    skips that came after it; an endless training stream hands each batch on at once."""
+    items, held, streak = [], None, 0
+    for sample in samples:
+        try:
+            items.append(apply_view(sample, view))
+            streak = 0
+        except Exception as err:  # a corrupt member: count it, name it, go on
+            skips.sample(sample, err)
+            streak += 1
+            if streak >= MAX_BAD_STREAK:
+                raise RuntimeError(f"{streak} samples in a row could not be decoded, the last {sample.get('__url__')}:"
+                                   f"{sample.get('__key__')}: {_reason(err)}") from err
+            continue
+        if len(items) == batch_size:
+            if held is not None:
+                yield collate(held, skips)
+            held, items = items, []
+            if not partial:
+                yield collate(held, skips)
+                held = None
+    if items and partial:
+        if held is not None:
+            yield collate(held, skips)
+        held = items
+    if held is not None:
+        yield collate(held, skips)
+
+
+def _reader() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _seed(*parts) -> int:
+    return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+class TrainStream(IterableDataset):
+    """``batches`` batches per epoch on this rank, from an endless stream of shuffled shards."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        view: Callable,
+        batch_size: int,
+        batches: int,  # per rank and epoch
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        resampled: bool = False,  # draw shards with replacement (endless streams) instead of passes
+        shuffle_buffer: int = 2000,
+    ) -> None:
+        self.urls, self.view, self.batch_size, self.batches = list(urls), view, batch_size, batches
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def shards(self, slot: int, slots: int) -> Iterator[list[str]]:
+        """This reader's shards, one list per pass: passes over a fresh permutation split across
+        the ``slots`` readers (all ranks x workers), or random draws when resampled."""
+        n = len(self.urls)
+        for p in itertools.count():
+            rng = random.Random(_seed(self.seed, self.epoch, p, slot if self.resampled else "all"))
+            if self.resampled:
+                yield [rng.choice(self.urls) for _ in range(max(1, n // slots))]
+            else:
+                order = rng.sample(self.urls, n)
+                yield order[slot::slots] if n >= slots else [order[slot % n]]  # fewer shards than readers: share
+
+    def _samples(self, slot: int, slots: int, skips: Skips) -> Iterator[dict]:
+        for shards in self.shards(slot, slots):
+            got = 0
+            for sample in read_shards(shards, skips):
+                got += 1
+                yield sample
+            if not got:
+                raise RuntimeError(f"no sample could be read from {len(shards)} shard(s): {shards[:3]}")
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = _reader()
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        quota = self.batches // workers + (worker < self.batches % workers)  # the loader interleaves workers
+        if get_worker_info() is not None:  # crops and flips: a function of (seed, epoch, reader), not of history
+            torch.manual_seed(_seed(self.seed, self.epoch, slot, "views"))
+        skips = Skips()
+        samples = self._samples(slot, slots, skips)
+        if self.shuffle_buffer > 1:
+            seed = _seed(self.seed, self.epoch, slot)
+            samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed)(samples)
+        stream = batches(samples, self.view, self.batch_size, skips, partial=False)
+        yield from itertools.islice(stream, quota)
+
+
+class EvalStream(IterableDataset):
+    """Every sample of ``urls`` exactly once over ``world_size`` ranks x the loader's workers, in order.
+
+    With at least as many shards as readers, each reader takes whole shards (shard i goes to
+    reader i mod readers); with fewer, every reader reads every shard and keeps sample j when
+    j mod readers is its own number.  Ranks may get different numbers of batches."""
+
+    def __init__(self, urls: Sequence[str], view: Callable, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.urls, self.view, self.batch_size = list(urls), view, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = _reader()
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        skips = Skips()
+        if len(self.urls) >= slots:
+            samples = read_shards(self.urls[slot::slots], skips)
+        else:
+            samples = (s for j, s in enumerate(read_shards(self.urls, skips)) if j % slots == slot)
+        yield from batches(samples, self.view, self.batch_size, skips, partial=True)
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a stream; ``epoch_of()`` is handed to the stream each time an epoch starts
+    (Lightning only tells map-style samplers).  Workers start afresh each epoch and get it."""
+
+    def __init__(self, stream: IterableDataset, num_workers: int = 0, epoch_of: Optional[Callable[[], int]] = None):
+        super().__init__(
+            stream,
+            batch_size=None,  # the stream batches
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+            prefetch_factor=4 if num_workers else None,
+        )
+        self.epoch_of = epoch_of
+
+    def __iter__(self):
+        if self.epoch_of is not None:
+            self.dataset.set_epoch(self.epoch_of())
+        return super().__iter__()
 
 
 def batches_per_epoch(epoch_samples: int, batch_size: int, world_size: int) -> int:
     """Batches each rank yields so that an epoch covers ``epoch_samples`` across all ranks."""
-    return max(1, math.ceil(epoch_samples / (batch_size * world_size)))
+    return max(1, -(-epoch_samples // (batch_size * world_size)))

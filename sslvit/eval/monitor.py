@@ -34,9 +34,9 @@ class KNNMonitor(Callback):
         backbone = pl_module.eval_encoder()
         view = eval_view(backbone.vit)
         dm = trainer.datamodule
-        bank, bank_y = extract_features(backbone, dm.eval_loader("train", view, self.batch_size), pl_module.device)
-        query, query_y = extract_features(backbone, dm.eval_loader("val", view, self.batch_size), pl_module.device)
-        return knn_top1(bank, bank_y, query, query_y, self.k, self.temperature)
+        bank = extract_features(backbone, dm.eval_loader("train", view, self.batch_size), pl_module.device)
+        query = extract_features(backbone, dm.eval_loader("val", view, self.batch_size), pl_module.device)
+        return knn_top1(bank.feats, bank.labels, query.feats, query.labels, self.k, self.temperature)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.compare_random_init and self.random_init_top1 is None and trainer.global_step == 0:

@@ -78,7 +78,7 @@ class MAE(LightningModule):
         return loss, pred, m.mask
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        imgs = batch[0]
+        imgs = batch["image"]  # [B, 3, H, W], normalised by the DataModule
         loss, pred, mask = self(imgs)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)

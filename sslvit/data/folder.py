@@ -1,0 +1,300 @@
+"""An image folder -> WebDataset shards (``tools/make_shards.py`` is its command line).
+
+``SRC/<class>/**/<file>`` gives labelled samples (label = index among the sorted class folders,
+or in the class list of another split); a folder without sub-folders gives unlabelled ones.
+Each file is fully decoded once, in worker processes; what PIL cannot decode is left out and
+reported.  A sample keeps the file's own bytes under the extension of the format PIL found
+(``KEY.jpg`` + ``KEY.cls``), in a seeded shuffled order, so no shard holds a single class.
+``OUT/manifest.json`` counts each shard (``shards.manifest_samples``) and records each set.
+"""
+
+import io
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Optional, Sequence, Union
+
+import webdataset as wds
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from sslvit.data.stream import IMAGE_EXTS
+from sslvit.data.views import to_rgb
+from sslvit.errors import ConfigError
+
+FORMAT_EXTS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+NETPBM_EXTS = {"1": "pbm", "L": "pgm", "I": "pgm", "I;16": "pgm"}  # PIL names all of netpbm "PPM"; else ppm
+JPEG_QUALITY = 95  # images shrunk by resize_max: near-lossless, and JPEG keeps large shards small
+TAR_BLOCK = 512
+MANIFEST = "manifest.json"
+
+@dataclass
+class ShardSet:
+    """What ``folder_to_shards`` wrote."""
+
+    out: Path
+    prefix: str
+    shards: dict[str, int]  # shard file name -> samples, in order
+    skipped: list[dict]  # {"path": relative to SRC, "reason": ...}, sorted by path
+    classes: Optional[list[str]]  # index = label; None when unlabelled
+
+    @property
+    def samples(self) -> int:
+        return sum(self.shards.values())
+
+
+def folder_to_shards(
+    src: Union[str, Path],
+    out: Union[str, Path],
+    prefix: str = "shard",
+    *,
+    maxcount: int = 10000,
+    maxsize_mb: float = 1024.0,
+    workers: Optional[int] = None,
+    resize_max: Optional[int] = None,
+    classes: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ShardSet:
+    """Write the decodable images under ``src`` as ``out/<prefix>-000000.tar`` ... and update
+    ``out/manifest.json``.  A new shard starts before one would pass ``maxcount`` samples or
+    ``maxsize_mb`` MiB.  Images longer than ``resize_max`` pixels are shrunk and stored as JPEG.
+    ``workers`` processes decode (default: one per CPU; 0 or 1: this process).  Re-running
+    replaces this prefix's shards; other prefixes in ``out`` are kept."""
+    src, out = Path(src), Path(out)
+    _check_settings(prefix, maxcount=maxcount, maxsize_mb=maxsize_mb, resize_max=resize_max, workers=workers)
+    files, skipped, classes = list_images(src, classes)
+    if out.resolve().is_relative_to(src.resolve()):
+        raise ConfigError(f"{out}: the output folder must not be inside the image folder {src}")
+    read_manifest(out)  # a broken manifest fails before any work
+    if not files:
+        raise ConfigError(f"{src}: no files to shard" + f" ({len(skipped)} outside the class folders)" * bool(skipped))
+    keys = sample_keys([path for path, _ in files])
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)  # class-sorted folders would otherwise give one-class shards
+    jobs = [(str(src / files[i][0]), resize_max) for i in order]
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=out))
+    writer = _ShardWriter(tmp, prefix, maxcount, int(maxsize_mb * 2**20))
+    loaded = _load_all(jobs, os.cpu_count() if workers is None else workers, progress, prefix)
+    try:  # the shards go to a hidden temporary folder first: a failure leaves OUT as it was
+        for i, (ext, data) in zip(order, loaded):
+            path, label = files[i]
+            if ext is None:
+                skipped.append({"path": path, "reason": data})
+                continue
+            sample = {"__key__": keys[i], ext: data}
+            if label >= 0:
+                sample["cls"] = str(label).encode()
+            writer.write(sample)
+        writer.close()
+        if not writer.counts:
+            raise ConfigError(f"{src}: none of its {len(files)} files is a readable image")
+        old = {name for name in os.listdir(out) if _shard_pattern(prefix).fullmatch(name)}
+        for name in writer.counts:  # the new shards first, then the old ones they do not overwrite
+            os.replace(tmp / name, out / name)
+        for name in old - set(writer.counts):
+            (out / name).unlink()
+    finally:
+        loaded.close()  # ends the worker pool, also after a failure
+        writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    skipped.sort(key=lambda s: s["path"])
+    classes_file = out / f"{prefix}-classes.json"
+    if classes is not None:
+        write_json(classes_file, classes)
+    elif classes_file.exists():  # from an earlier, labelled run of this prefix
+        classes_file.unlink()
+    record = dict(source=str(src.resolve()), samples=sum(writer.counts.values()), classes=classes, skipped=skipped,
+                  resize_max=resize_max, maxcount=maxcount, maxsize_mb=maxsize_mb, seed=seed)
+    _update_manifest(out, prefix, writer.counts, record)
+    return ShardSet(out, prefix, dict(writer.counts), skipped, classes)
+
+
+def list_images(
+    src: Path, classes: Optional[Sequence[str]] = None
+) -> tuple[list[tuple[str, int]], list[dict], Optional[list[str]]]:
+    """(path relative to ``src``, label or -1) of each file to try, the files left out, and the
+    classes: the visible folders directly under ``src``, sorted, unless ``classes`` fixes them."""
+    if not src.is_dir():
+        raise ConfigError(f"{src}: {'not a folder' if src.exists() else 'no such folder'}")
+    entries = sorted(name for name in os.listdir(src) if not name.startswith("."))
+    folders = [name for name in entries if (src / name).is_dir()]
+    loose = sorted(set(entries) - set(folders))
+    if not folders:
+        if classes is not None:
+            raise ConfigError(f"{src}: a class list was given, but there are no class folders")
+        return [(name, -1) for name in loose], [], None
+    classes = folders if classes is None else _check_classes(classes, "the class list")
+    label = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in folders if name not in label]
+    if unknown:
+        raise ConfigError(f"{src / unknown[0]}: class folder {unknown[0]!r} is not in the class list of {len(classes)}")
+    files = [(path, label[name]) for name in folders for path in _walk(src, name)]
+    return files, [{"path": name, "reason": "outside any class folder"} for name in loose], list(classes)
+
+
+def _walk(src: Path, folder: str) -> Iterator[str]:
+    """The visible files under ``src/folder`` in a fixed order, relative to ``src``."""
+    for root, dirs, names in os.walk(src / folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            yield (Path(root) / name).relative_to(src).as_posix()
+
+
+def sample_keys(paths: Sequence[str]) -> list[str]:
+    """A unique WebDataset key per relative path: no extension, no '.' (WebDataset cuts key from
+    extension at the first dot of a name) and no '/' ('a/b.c.jpg' -> 'a__b_c'); ``_1``, ``_2``...
+    where two would be the same ('x.jpg', 'x.png' -> 'x', 'x_1')."""
+    keys, used = [], set()
+    for path in paths:
+        base = str(PurePosixPath(path).with_suffix("")).replace(".", "_").replace("/", "__")
+        key, n = base, 0
+        while key in used:
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def load_file(job: tuple[str, Optional[int]]) -> tuple[Optional[str], Union[bytes, str]]:
+    """(path, resize_max) -> (extension, bytes to store), or (None, why it is left out).  Runs in a worker."""
+    path, resize_max = job
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return None, f"cannot read: {err.strerror or err}"
+    if not data:
+        return None, "empty file"
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # the full decode: a truncated file fails here (PIL's LOAD_TRUNCATED_IMAGES is off)
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except Exception as err:  # corrupt, truncated, a decompression bomb: PIL's message says which
+        return None, f"cannot decode: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    if resize_max and max(img.size) > resize_max:
+        size = tuple(max(1, round(side * resize_max / max(img.size))) for side in img.size)  # longer side = PX
+        return "jpg", _encode(to_rgb(img).resize(size, Image.LANCZOS), "JPEG", quality=JPEG_QUALITY)
+    ext = NETPBM_EXTS.get(img.mode, "ppm") if img.format == "PPM" else FORMAT_EXTS.get(img.format)
+    if ext not in IMAGE_EXTS:  # a format the shard reader does not look for: keep its pixels as PNG
+        return "png", _encode(to_rgb(img), "PNG")
+    return ext, data
+
+
+def _encode(img: Image.Image, fmt: str, **options) -> bytes:
+    img.save(buf := io.BytesIO(), format=fmt, **options)
+    return buf.getvalue()
+
+
+def _load_all(jobs: list[tuple], workers: int, progress: bool, desc: str) -> Iterator[tuple]:
+    """``load_file`` of each job, in order, with a progress bar on stderr."""
+    bar = dict(total=len(jobs), desc=desc, unit="file", disable=not progress, file=sys.stderr)
+    if workers <= 1:
+        yield from tqdm(map(load_file, jobs), **bar)
+        return
+    chunksize = max(1, min(64, len(jobs) // (workers * 8)))  # small enough to keep every worker busy at the end
+    with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+        yield from tqdm(pool.imap(load_file, jobs, chunksize), **bar)
+
+
+class _ShardWriter:
+    """``prefix-000000.tar``, ``prefix-000001.tar``... in ``folder``: a new shard starts before a
+    sample would take the current one past ``maxcount`` samples or ``maxsize`` bytes (tar headers
+    and padding counted; a sample larger than ``maxsize`` gets a shard of its own)."""
+
+    def __init__(self, folder: Path, prefix: str, maxcount: int, maxsize: int) -> None:
+        self.folder, self.prefix, self.maxcount, self.maxsize = folder, prefix, maxcount, maxsize
+        self.counts: dict[str, int] = {}
+        self._tar: Optional[wds.TarWriter] = None
+        self._name, self._size = "", 0
+
+    def write(self, sample: dict) -> None:
+        size = sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
+        count = self.counts.get(self._name, 0)
+        if self._tar is None or count >= self.maxcount or (count and self._size + size > self.maxsize):
+            self.close()
+            self._name = f"{self.prefix}-{len(self.counts):06d}.tar"
+            self.counts[self._name] = 0
+            self._size = 2 * TAR_BLOCK  # the end-of-archive blocks
+            # PAX: member names past 100 bytes; mtime 0: the same files give the same tar bytes
+            self._tar = wds.TarWriter(str(self.folder / self._name), encoder=False, mtime=0, format="PAX_FORMAT")
+        self._tar.write(sample)
+        self.counts[self._name] += 1
+        self._size += size
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+
+def _shard_pattern(prefix: str) -> re.Pattern:
+    """``<prefix>-NNNNNN.tar`` exactly: the only files a re-run of ``prefix`` replaces."""
+    return re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+
+
+def read_manifest(out: Path) -> dict:
+    """``out/manifest.json``, or {} where there is none yet."""
+    path = Path(out) / MANIFEST
+    manifest = _read_json(path, "a JSON object") if path.exists() else {}
+    if isinstance(manifest, dict) and isinstance(manifest.get("shards", {}), dict):
+        return manifest
+    raise ConfigError(f"{path}: not a shard manifest (a JSON object with a 'shards' object)")
+
+
+def read_classes(path: Union[str, Path]) -> list[str]:
+    """A class list as written beside labelled shards (``<prefix>-classes.json``; index = label)."""
+    return _check_classes(_read_json(Path(path), "a JSON list of class names"), str(path))
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read {what}: {err}") from None
+
+
+def _check_classes(classes, where: str) -> list[str]:
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) and c for c in classes):
+        raise ConfigError(f"{where}: expected a list of class names, got {str(classes)[:80]}")
+    if len(set(classes)) < len(classes):
+        raise ConfigError(f"{where}: class {next(c for c in classes if classes.count(c) > 1)!r} is listed twice")
+    return list(classes)
+
+
+def _check_settings(prefix: str, **numbers) -> None:
+    if not re.fullmatch(r"\w[\w.-]*", prefix):
+        raise ConfigError(f"prefix={prefix!r}: use letters, digits, '_', '-' and '.' (not first)")
+    lowest = dict(maxcount=1, maxsize_mb=1e-6, resize_max=1, workers=0)
+    for name, value in numbers.items():
+        if value is not None and value < lowest[name]:
+            raise ConfigError(f"{name}={value}: must be {'positive' if lowest[name] else 'at least 0'}")
+
+
+def _update_manifest(out: Path, prefix: str, counts: dict[str, int], record: dict) -> None:
+    """Replace this prefix's shard counts and set record; keep every other prefix's."""
+    manifest = read_manifest(out)  # read again: another split may have been written meanwhile
+    shards = {k: v for k, v in manifest.get("shards", {}).items() if not _shard_pattern(prefix).fullmatch(k)}
+    manifest["shards"] = dict(sorted({**shards, **counts}.items()))
+    manifest["sets"] = {**manifest.get("sets", {}), prefix: record}
+    write_json(out / MANIFEST, manifest)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
