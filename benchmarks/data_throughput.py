@@ -8,7 +8,8 @@ scikit-learn ships (``load_sample_images``: china.jpg, flower.jpg) at random off
 colour shifts, written as an ImageFolder and, with ``sslvit.data.folder``, as shards.  Then,
 each over the same images, timed after a warm-up pass:
 
-* decode limit: ``PIL.Image.open(path).convert("RGB")``, the practical ceiling of any loader
+* decode limit: ``PIL.Image.open(path).convert("RGB")`` and nothing else, through the same
+  DataLoader and workers: the practical ceiling of any loader
 * sslvit, MAE view: ``TrainStream`` + ``MAEView(224)`` (uint8 out, normalised later on the GPU)
 * sslvit, multi-crop: ``TrainStream`` + ``MultiCropView(224, 96, 10)``
 * ImageFolder + DataLoader with the reference implementations' views on the same files:
@@ -100,6 +101,20 @@ class ReferenceDINO:
         return [self.g1(img), self.g2(img)] + [self.local(img) for _ in range(self.n)]
 
 
+class DecodeOnly(torch.utils.data.Dataset):
+    """``PIL.Image.open(path).convert("RGB")`` and nothing else: the ceiling of any loader."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> int:
+        Image.open(self.paths[i]).convert("RGB")
+        return 0
+
+
 def rate(batches, images_per_batch) -> float:
     """Images/s over ``batches`` (an iterable), the first batch (worker start-up) excluded."""
     it = iter(batches)
@@ -132,14 +147,10 @@ def main() -> None:
     kb = sum(p.stat().st_size for p in paths) / len(paths) / 1024
     batches = args.passes * args.images // args.batch
 
-    def decode_limit() -> float:
-        for path in paths:  # warm the page cache
-            Image.open(path).convert("RGB")
-        t0 = time.perf_counter()
-        for _ in range(args.passes):
-            for path in paths:
-                Image.open(path).convert("RGB")
-        return args.passes * len(paths) / (time.perf_counter() - t0)
+    def decode_limit() -> float:  # the same loader and workers, doing nothing but the decode
+        dataset = DecodeOnly(paths)
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=(batches + 1) * args.batch)
+        return rate(DataLoader(dataset, args.batch, sampler=sampler, num_workers=args.workers), len)
 
     def sslvit(view) -> float:
         stream = TrainStream(urls, view, args.batch, batches + 1, shuffle_buffer=256)
