@@ -136,7 +136,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     run_dir = Path(trainer.default_root_dir)
     if trainer.state.finished:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final step, whatever the period
-    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    written = read_summary(run_dir)  # figures callbacks wrote themselves (k-NN, skipped samples) stand
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k not in written}
     update_summary(run_dir, global_step=trainer.global_step, **metrics)
     if trainer.is_global_zero:
         print(f"summary {run_dir / 'summary.json'}: {json.dumps(read_summary(run_dir), sort_keys=True)}")
