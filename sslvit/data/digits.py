@@ -36,7 +36,7 @@ def digits_shards(root: Optional[Path] = None) -> Path:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from sslvit.data.shards import write_shards
+    from sslvit.data.shards import ShardWriter
 
     out = (root or cache_root()) / "digits-v1"
     if (out / "manifest.json").is_file():
@@ -52,21 +52,16 @@ def digits_shards(root: Optional[Path] = None) -> Path:
             {"__key__": f"digits-{i:04d}", "png": _png(digits.images[i]), "cls": str(int(digits.target[i])).encode()}
             for i in ids
         )
-        for shard in write_shards(samples, tmp, split, maxcount=500):
-            counts[Path(shard).name] = sum(1 for _ in _members(shard)) // 2
+        with ShardWriter(tmp, split, maxcount=500) as writer:
+            for sample in samples:
+                writer.write(sample)
+        counts.update(writer.counts)
     (tmp / "manifest.json").write_text(json.dumps({"source": "sklearn.datasets.load_digits", "shards": counts}, indent=1))
     try:
         tmp.rename(out)  # atomic: a reader sees all shards or none
     except OSError:  # another process won the race
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _members(shard: str):
-    import tarfile
-
-    with tarfile.open(shard) as tar:
-        yield from tar.getnames()
 
 
 def resolve_embedded(pattern: str) -> Optional[list[str]]:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional, Sequence, Union
 
-import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from sslvit.data.shards import ShardWriter
 from sslvit.data.stream import IMAGE_EXTS
 from sslvit.data.views import to_rgb
 from sslvit.errors import ConfigError
@@ -32,7 +32,6 @@ from sslvit.errors import ConfigError
 FORMAT_EXTS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 NETPBM_EXTS = {"1": "pbm", "L": "pgm", "I": "pgm", "I;16": "pgm"}  # PIL names all of netpbm "PPM"; else ppm
 JPEG_QUALITY = 95  # images shrunk by resize_max: near-lossless, and JPEG keeps large shards small
-TAR_BLOCK = 512
 MANIFEST = "manifest.json"
 
 @dataclass
@@ -83,7 +82,7 @@ def folder_to_shards(
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=out))
-    writer = _ShardWriter(tmp, prefix, maxcount, int(maxsize_mb * 2**20))
+    writer = ShardWriter(tmp, prefix, maxcount, int(maxsize_mb * 2**20))
     loaded = _load_all(jobs, os.cpu_count() if workers is None else workers, progress, prefix)
     try:  # the shards go to a hidden temporary folder first: a failure leaves OUT as it was
         for i, (ext, data) in zip(order, loaded):
@@ -206,37 +205,6 @@ def _load_all(jobs: list[tuple], workers: int, progress: bool, desc: str) -> Ite
     chunksize = max(1, min(64, len(jobs) // (workers * 8)))  # small enough to keep every worker busy at the end
     with multiprocessing.Pool(min(workers, len(jobs))) as pool:
         yield from tqdm(pool.imap(load_file, jobs, chunksize), **bar)
-
-
-class _ShardWriter:
-    """``prefix-000000.tar``, ``prefix-000001.tar``... in ``folder``: a new shard starts before a
-    sample would take the current one past ``maxcount`` samples or ``maxsize`` bytes (tar headers
-    and padding counted; a sample larger than ``maxsize`` gets a shard of its own)."""
-
-    def __init__(self, folder: Path, prefix: str, maxcount: int, maxsize: int) -> None:
-        self.folder, self.prefix, self.maxcount, self.maxsize = folder, prefix, maxcount, maxsize
-        self.counts: dict[str, int] = {}
-        self._tar: Optional[wds.TarWriter] = None
-        self._name, self._size = "", 0
-
-    def write(self, sample: dict) -> None:
-        size = sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
-        count = self.counts.get(self._name, 0)
-        if self._tar is None or count >= self.maxcount or (count and self._size + size > self.maxsize):
-            self.close()
-            self._name = f"{self.prefix}-{len(self.counts):06d}.tar"
-            self.counts[self._name] = 0
-            self._size = 2 * TAR_BLOCK  # the end-of-archive blocks
-            # PAX: member names past 100 bytes; mtime 0: the same files give the same tar bytes
-            self._tar = wds.TarWriter(str(self.folder / self._name), encoder=False, mtime=0, format="PAX_FORMAT")
-        self._tar.write(sample)
-        self.counts[self._name] += 1
-        self._size += size
-
-    def close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
 
 
 def _shard_pattern(prefix: str) -> re.Pattern:

@@ -41,13 +41,54 @@ def expand_urls(spec: ShardSpec, key: str = "data.train_shards") -> list[str]:
     return urls
 
 
+TAR_BLOCK = 512
+
+
+class ShardWriter:
+    """``prefix-000000.tar``, ``prefix-000001.tar``... in ``folder``: a new shard starts before a
+    sample would take the current one past ``maxcount`` samples or ``maxsize`` bytes (tar headers
+    and padding counted; a sample larger than ``maxsize`` gets a shard of its own).  ``counts``
+    gives the samples in each shard written, so nobody has to read them back to count."""
+
+    def __init__(self, folder: Path, prefix: str, maxcount: int = 10000, maxsize: Optional[int] = None) -> None:
+        self.folder, self.prefix, self.maxcount, self.maxsize = folder, prefix, maxcount, maxsize
+        self.counts: dict[str, int] = {}
+        self._tar: Optional[wds.TarWriter] = None
+        self._name, self._size = "", 0
+
+    def write(self, sample: dict) -> None:
+        size = sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
+        count = self.counts.get(self._name, 0)
+        if self._tar is None or count >= self.maxcount or (count and self.maxsize and self._size + size > self.maxsize):
+            self.close()
+            self._name = f"{self.prefix}-{len(self.counts):06d}.tar"
+            self.counts[self._name] = 0
+            self._size = 2 * TAR_BLOCK  # the end-of-archive blocks
+            # PAX: member names past 100 bytes; mtime 0: the same files give the same tar bytes
+            self._tar = wds.TarWriter(str(self.folder / self._name), encoder=False, mtime=0, format="PAX_FORMAT")
+        self._tar.write(sample)
+        self.counts[self._name] += 1
+        self._size += size
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_shards(samples: Iterable[dict], out_dir: Path, prefix: str, maxcount: int = 10000) -> list[str]:
     """Write ``{"__key__": ..., "png": bytes, "cls": b"3"}`` dicts into ``out_dir/prefix-000000.tar`` ..."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(out_dir / f"{prefix}-%06d.tar"), maxcount=maxcount, verbose=0) as sink:
+    with ShardWriter(out_dir, prefix, maxcount) as writer:
         for sample in samples:
-            sink.write(sample)
-    return sorted(str(p) for p in out_dir.glob(f"{prefix}-*.tar"))
+            writer.write(sample)
+    return [str(out_dir / name) for name in writer.counts]
 
 
 def manifest_samples(urls: Sequence[str]) -> Optional[int]:
