@@ -93,6 +93,8 @@ def test_resume_continues_the_step_count(recipe, tmp_path):
         ("--trainer.max_stepz=3", "max_stepz"),
         ("--data.batch_size=zero", "batch_size"),
         ("--ckpt_path=/nonexistent/last.ckpt", "/nonexistent/last.ckpt"),
+        ("--data.view=multicrop", "multicrop"),
+        ("--data.view=dino", "dino"),
     ],
 )
 def test_bad_keys_and_values_fail_in_one_line_naming_them(recipe, capsys, override, culprit):

@@ -96,6 +96,10 @@ class ShardDataModule(LightningDataModule):
         """Training views give uint8 crops; normalise them here, on the device, once per batch."""
         if isinstance(batch, dict) and "image" in batch:
             images = batch["image"]
-            norm = lambda x: normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if x.dtype == torch.uint8 else x  # noqa: E731
-            batch["image"] = [norm(x) for x in images] if isinstance(images, list) else norm(images)
+            batch["image"] = [_normalized(x) for x in images] if isinstance(images, list) else _normalized(images)
         return batch
+
+
+def _normalized(images: torch.Tensor) -> torch.Tensor:
+    """uint8 crops -> ImageNet-normalised float; already-float images (timm's eval view) as they are."""
+    return normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if images.dtype == torch.uint8 else images

@@ -79,6 +79,8 @@ class MAE(LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs = batch["image"]  # [B, 3, H, W], normalised by the DataModule
+        if isinstance(imgs, list):
+            raise ConfigError("data.view='multicrop' gives several crops per image; MAE trains on one: use data.view=mae")
         loss, pred, mask = self(imgs)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
