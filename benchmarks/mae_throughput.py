@@ -15,45 +15,14 @@ Markdown row for docs/benchmarks.md.
 
 import argparse
 import json
-import platform
-import resource
-import time
 from contextlib import nullcontext
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
 
 from sslvit.models.encoder import EncoderConfig
 from sslvit.objectives.mae import MAE
 from sslvit.objectives.optim import param_groups
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, seconds: float = 3.0) -> float:
-    """Sustained FLOP/s of an n x n matmul: the practical ceiling for a Transformer's linear layers."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-        if device.type == "cuda" and reps % 10:
-            continue
-        sync(device)
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide high-water mark
 
 
 def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int) -> dict:
@@ -71,20 +40,8 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    flops_per_image = counter.get_total_flops() / batch  # forward + backward, as counted
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    seconds = time.perf_counter() - t0
+    seconds, flops = time_steps(step, steps, warmup, device)
+    flops_per_image = flops / batch  # forward + backward, as counted
     ips = batch * steps / seconds
     return {
         "size": size,
@@ -111,8 +68,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak(device, dtype)
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(json.dumps({"machine": machine, "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
+    print(json.dumps({"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
     rows = []
     for size in args.sizes:
         r = bench(size, args.batch, args.steps, args.warmup, device, args.precision, args.decoder_depth)

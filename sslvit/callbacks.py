@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
+from sslvit.errors import TrainingStopped
 from sslvit.summary import update_summary
 
 
@@ -88,3 +89,27 @@ class SkippedSamples(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.total = torch.tensor(state_dict.get("total", [0, 0]), dtype=torch.long)
+
+
+class StopOnNonFinite(Callback):
+    """Stops the run when the gradients about to be applied are not finite (a NaN or inf loss), before
+    they reach the weights: the checkpoints already written stay good.  Checked after the gradients are
+    reduced over ranks, so every rank stops at the same step.  Under fp16 mixed precision the loss scaler
+    already skips such steps, so this stays out of its way."""
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._loss = loss.detach()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if str(trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
+        loss = getattr(self, "_loss", None)
+        raise TrainingStopped(
+            f"non-finite {'loss ' + format(float(loss), 'g') if loss is not None else 'gradients'} at step "
+            f"{trainer.global_step} (epoch {trainer.current_epoch}); stopped before updating the weights, {kept}"
+        )

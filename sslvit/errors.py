@@ -1,9 +1,15 @@
-"""The one error type a user can cause: a bad recipe key, value, path or file.
+"""The error types entry points turn into one line.
 
-Entry points catch it and print one line naming the culprit, with exit status 2;
-every other exception is our bug and keeps its traceback.
+``ConfigError``: a user-caused problem (a bad recipe key, value, path or file); one line naming the
+culprit, exit status 2.  ``TrainingStopped``: a run that cannot go on (a non-finite loss); one line
+naming the step and the last good checkpoint, exit status 1.  Every other exception is our bug and
+keeps its traceback.
 """
 
 
 class ConfigError(ValueError):
     """A user-caused problem; the message names the key, value or path."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot continue; the message names the step and what was kept."""

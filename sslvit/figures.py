@@ -23,3 +23,9 @@ def save_rows(rows: Sequence[torch.Tensor], path: Path, logger: Optional[object]
     if hasattr(experiment, "add_image"):  # TensorBoard
         experiment.add_image(tag, grid, step)
     return path
+
+
+def image_logger(trainer) -> Optional[object]:
+    """The first of the Trainer's loggers that takes images (TensorBoard), if any: ``trainer.logger``
+    is only the first one, which in ``sslvit.fit`` is the CSV logger."""
+    return next((lg for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_image")), None)

@@ -22,9 +22,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sslvit.callbacks import ImagesPerSecond, SeedPerRank, SkippedSamples
+from sslvit.callbacks import ImagesPerSecond, SeedPerRank, SkippedSamples, StopOnNonFinite
 from sslvit.data.datamodule import ShardDataModule
-from sslvit.errors import ConfigError
+from sslvit.errors import ConfigError, TrainingStopped
 from sslvit.summary import read_summary, update_summary
 
 USAGE = "usage: python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]"
@@ -72,7 +72,7 @@ class FitCLI(LightningCLI):
                     save_last=True,
                 )
             )
-        callbacks += [ImagesPerSecond(), SeedPerRank(), SkippedSamples()]
+        callbacks += [ImagesPerSecond(), SeedPerRank(), SkippedSamples(), StopOnNonFinite()]
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
@@ -128,6 +128,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ConfigError(f"--ckpt_path={ckpt_path!r} does not exist")
         trainer, model = cli.trainer, cli.model
         trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except TrainingStopped as err:
+        print(f"sslvit.fit: stopped: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         if not any(isinstance(e, (ArgumentError, ConfigError)) for e in _chain(err)):
             raise  # our bug: keep the traceback

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Callback
 
 from sslvit.fit import main
 
@@ -143,3 +144,30 @@ def test_skipped_samples_are_counted_into_the_summary(recipe, tmp_path):
         assert main([str(path), "--trainer.max_steps=2"]) == 0
     summary = yaml.safe_load((tmp_path / "run" / "summary.json").read_text())
     assert summary["skipped_samples"] == 2 and summary["skipped_shards"] == 0
+
+
+class PoisonAtStep(Callback):
+    """Turns the batch of one step into NaNs: the loss and gradients of that step are not finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch["image"].fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_in_one_line_and_keeps_the_last_good_checkpoint(recipe, tmp_path, capsys):
+    path = recipe()
+    rc = main([str(path), "--checkpoint_every_n_steps=2",
+               '--trainer.callbacks=[{"class_path": "tests.test_fit.PoisonAtStep", "init_args": {"step": 3}}]'])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # (library warnings may come before it)
+    assert line.startswith("sslvit.fit: stopped: non-finite loss nan at step 3"), line
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert str(last) in line
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -12,32 +12,12 @@ import os
 import sys
 from collections import Counter
 
+from sslvit.cli import OneLineParser, at_least
 from sslvit.data.folder import ShardSet, folder_to_shards, read_classes
 from sslvit.errors import ConfigError
 
 PROG = "make_shards"
 SHOW_SKIPPED = 20
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line naming the argument, with exit status 2 (no usage block)."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def at_least(kind: type, low: float):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text!r}")
-        return value
-
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:

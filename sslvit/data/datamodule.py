@@ -57,7 +57,7 @@ class ShardDataModule(LightningDataModule):
     def train_view(self) -> Callable:
         h = self.hparams
         if h.view == "multicrop":
-            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale)
+            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, h.hflip)
         return MAEView(h.img_size, h.crop_scale, h.hflip)
 
     def train_dataloader(self) -> StreamLoader:

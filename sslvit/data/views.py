@@ -127,10 +127,11 @@ class MultiCropView:
         local_crops: int = 8,  # DINO's default; 10 for its best ViT-S/16
         global_scale: Sequence[float] = (0.4, 1.0),
         local_scale: Sequence[float] = (0.05, 0.4),
+        hflip: bool = True,
     ) -> None:
         self.crops = [RandomCrop(global_size, global_scale)] * 2 + [RandomCrop(local_size, local_scale)] * local_crops
         flip_and_jitter = [
-            v2.RandomHorizontalFlip(),
+            v2.RandomHorizontalFlip(0.5 if hflip else 0.0),
             v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
             v2.RandomGrayscale(p=0.2),
         ]

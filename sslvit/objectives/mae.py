@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sslvit.errors import ConfigError
-from sslvit.figures import denormalize, save_rows
+from sslvit.figures import denormalize, image_logger, save_rows
 from sslvit.losses.mae import mae_loss
 from sslvit.models.encoder import Encoder, EncoderConfig
 from sslvit.models.mae_decoder import MAEDecoder
@@ -93,6 +93,9 @@ class MAE(LightningModule):
         h = self.hparams
         return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sslvit_backbone"] = {"prefix": "encoder.", "encoder": self.hparams["encoder"]}
+
     @torch.no_grad()
     def save_reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> Path:
         """Rows: original | masked | reconstruction (visible patches pasted back), as in the paper's Fig. 2."""
@@ -107,4 +110,4 @@ class MAE(LightningModule):
         recon = unpatchify(target * (1 - mask) + pred * mask, p, grid, c)
         rows = [denormalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) for x in (imgs, masked, recon)]
         path = Path(self.trainer.default_root_dir) / "figures" / f"mae_reconstruction_step{self.global_step:07d}.png"
-        return save_rows(rows, path, self.logger, "mae/reconstruction", self.global_step)
+        return save_rows(rows, path, image_logger(self.trainer), "mae/reconstruction", self.global_step)

@@ -70,3 +70,15 @@ def adamw_warmup_cosine(
         optimizer, lambda step: warmup_cosine(step, warmup, total, 1.0, min_lr / lr)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.no_grad()
+def clip_grad_per_param_(params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
+    """DINO's clipping (its utils.clip_gradients): each parameter's gradient is scaled down to norm
+    ``max_norm`` on its own, unlike ``clip_grad_norm_``'s one global norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads)).float()  # [P]
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
+    torch._foreach_mul_(grads, list(scale.unbind()))

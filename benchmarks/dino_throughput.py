@@ -1,0 +1,89 @@
+"""DINO training throughput, peak memory and model-FLOPs utilisation.
+
+    python benchmarks/dino_throughput.py --size small --batch 8                       # fp32 on the CPU
+    python benchmarks/dino_throughput.py --device cuda --precision bf16 --batch 64    # one GPU of the recipe
+
+Times full DINO optimiser steps of sslvit's module on synthetic crops: the teacher on the 2 global
+crops, the student on 2 global + ``--local-crops`` local crops (224 and 96 px by default, ViT-S/16,
+head 2048 -> 256 -> 65536), the loss with its center update, backward, DINO's per-parameter
+gradient clipping, AdamW and the EMA teacher update.  FLOPs per image are counted by
+``torch.utils.flop_counter`` on one real step (teacher forward + student forward and backward); MFU
+is against a matmul peak measured in the same run and precision.  On the CPU the peak memory is the
+process's resident high-water mark.  Prints one JSON line and a Markdown row for docs/benchmarks.md.
+"""
+
+import argparse
+import json
+from contextlib import nullcontext
+
+import torch
+from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
+
+from sslvit.models.ema import ema_update_
+from sslvit.models.encoder import EncoderConfig
+from sslvit.objectives.dino import DINO
+from sslvit.objectives.optim import clip_grad_per_param_, param_groups
+
+
+def bench(args, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = DINO(encoder=EncoderConfig(size=args.size, patch_size=args.patch, img_size=args.global_size,
+                                       drop_path_rate=0.1), out_dim=args.out_dim).to(device)
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.04), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
+    crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
+    crops += [torch.randn(args.batch, 3, args.local_size, args.local_size, device=device) for _ in range(args.local_crops)]
+
+    def step() -> None:
+        with autocast:
+            loss = model(crops)[0]
+        loss.backward()
+        clip_grad_per_param_(model.student.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update_(model.teacher, model.student, 0.996)
+
+    seconds, flops = time_steps(step, args.steps, args.warmup, device)
+    ips = args.batch * args.steps / seconds
+    return {
+        "size": args.size,
+        "crops": f"2x{args.global_size} + {args.local_crops}x{args.local_size}",
+        "out_dim": args.out_dim,
+        "batch": args.batch,
+        "precision": args.precision,
+        "images_per_s": round(ips, 2),
+        "gflops_per_image": round(flops / args.batch / 1e9, 2),
+        "achieved_tflops": round(ips * flops / args.batch / 1e12, 4),
+        "peak_memory_mib": round(peak_memory_mib(device)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="small")
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--global-size", type=int, default=224)
+    ap.add_argument("--local-size", type=int, default=96)
+    ap.add_argument("--local-crops", type=int, default=10)
+    ap.add_argument("--out-dim", type=int, default=65536)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    peak = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    print(json.dumps({"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
+    r = bench(args, device)
+    r["mfu_of_measured_peak"] = round(r["achieved_tflops"] * 1e12 / peak, 3)
+    print(json.dumps(r), flush=True)
+    print("\n| model | crops | K | batch | precision | images/s | GFLOP/image (step) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| ViT-{r['size'][0].upper()}/{args.patch} DINO | {r['crops']} | {r['out_dim']} | {r['batch']} | {r['precision']} "
+          f"| {r['images_per_s']} | {r['gflops_per_image']} | {r['achieved_tflops']} | {r['mfu_of_measured_peak']:.1%} "
+          f"| {r['peak_memory_mib']} |")
+
+
+if __name__ == "__main__":
+    main()

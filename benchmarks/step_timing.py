@@ -1,0 +1,63 @@
+"""What the training-throughput benchmarks share: the machine's matmul peak, timed optimiser steps
+with their FLOPs counted, and peak memory.  Imported by the scripts beside it
+(``python benchmarks/<script>.py`` puts this folder on the path)."""
+
+import platform
+import resource
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, seconds: float = 3.0) -> float:
+    """Sustained FLOP/s of an n x n matmul: the practical ceiling for a Transformer's linear layers."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if device.type == "cuda" and reps % 10:
+            continue
+        sync(device)
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide high-water mark
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds for ``steps`` calls of ``step`` after ``warmup`` more, FLOPs of one call as counted by
+    ``torch.utils.flop_counter`` on a first real call).  Peak memory is reset after the warm-up."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t0, float(counter.get_total_flops())

@@ -1,0 +1,1 @@
+"""Looking inside a trained backbone: what its attention sees (``attention``)."""

@@ -1,0 +1,160 @@
+"""DINO's attention maps (Caron et al. 2021, Fig. 1 and 3): the last block's self-attention from
+the [class] token to every patch, one map per head, over the image.
+
+We read timm's own attention probabilities rather than recompute them: with ``fused_attn`` off,
+timm's ``Attention`` passes its softmax [B, heads, T, T] through its ``attn_drop`` module, where a
+forward hook picks it up.  Everything is put back afterwards (the hook, the fused flag, every
+module's training mode), so the callback can look at a model in the middle of training.
+"""
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import timm.data
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+
+from sslvit.data.views import eval_view
+from sslvit.errors import ConfigError
+from sslvit.figures import denormalize, image_logger, save_rows
+
+# matplotlib's "inferno" at 0, 1/4, 1/2, 3/4, 1: dark where a head looks little, bright where it looks most.
+INFERNO = torch.tensor([
+    [0.001, 0.000, 0.014],
+    [0.341, 0.062, 0.429],
+    [0.735, 0.216, 0.330],
+    [0.978, 0.557, 0.035],
+    [0.988, 1.000, 0.645],
+])
+
+
+@contextmanager
+def captured_attention(vit: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside: ``vit`` in eval mode, its last block's attention unfused, and each softmax that block
+    computes ([B, heads, T, T]) appended to the yielded list.  Afterwards all is as it was."""
+    attn = vit.blocks[-1].attn
+    modes = [(m, m.training) for m in vit.modules()]  # per module: a frozen part may be kept in eval on purpose
+    fused = attn.fused_attn
+    captured: list[torch.Tensor] = []
+    handle = attn.attn_drop.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        attn.fused_attn = False  # fused SDPA never materialises the probabilities
+        vit.eval()  # no dropout on the probabilities, no stochastic depth
+        yield captured
+    finally:
+        handle.remove()
+        attn.fused_attn = fused
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def cls_attention(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] normalised images -> [B, heads, H // patch, W // patch]: the last block's attention
+    from the [class] token (query 0) to each patch token (the prefix tokens left out)."""
+    if getattr(vit, "cls_token", None) is None:
+        raise ValueError("the backbone has no [class] token to take the attention of")
+    images = images.to(next(vit.parameters()))  # the backbone's device and dtype
+    gh, gw = vit.patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))  # this input's grid, also for dynamic sizes
+    with captured_attention(vit) as captured:
+        vit.forward_features(images)
+    probs = captured[-1]  # [B, heads, T, T], T = prefix + gh * gw
+    cls = probs[:, :, 0, vit.num_prefix_tokens:]  # [B, heads, gh * gw]
+    if cls.shape[-1] != gh * gw:
+        raise ValueError(f"{cls.shape[-1]} patch tokens for a {gh}x{gw} grid of {tuple(images.shape[-2:])} images")
+    return cls.reshape(*cls.shape[:2], gh, gw).float()  # [B, heads, gh, gw]
+
+
+def stretch(maps: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> each map rescaled to [0, 1] (a flat map to 0): heads differ in sharpness, not in what they show."""
+    flat = maps.flatten(-2)
+    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+
+
+def heat(maps: torch.Tensor) -> torch.Tensor:
+    """[N, H, W] in [0, 1] -> [N, 3, H, W] inferno colours (linear between the anchors)."""
+    pos = maps.clamp(0, 1) * (len(INFERNO) - 1)
+    low = pos.floor().long().clamp(max=len(INFERNO) - 2)  # [N, H, W] anchor below each value
+    colours = INFERNO.to(maps.device)
+    below, above = colours[low].permute(0, 3, 1, 2), colours[low + 1].permute(0, 3, 1, 2)  # [N, 3, H, W]
+    return torch.lerp(below, above, (pos - low)[:, None])
+
+
+def attention_figure(
+    images: torch.Tensor,  # [B, 3, H, W] normalised
+    attn: torch.Tensor,  # [B, heads, gh, gw] from cls_attention
+    path: Union[str, Path],
+    mean: Sequence[float],
+    std: Sequence[float],
+    logger: Optional[object] = None,
+    tag: str = "",
+    step: int = 0,
+) -> Path:
+    """A PNG with one row per image: the image, each head's map, and the heads' mean laid over the image."""
+    images = denormalize(images.float().cpu(), mean, std)  # [B, 3, H, W] in [0, 1]
+    b, heads = attn.shape[:2]
+    size = tuple(images.shape[-2:])
+    maps = torch.cat([attn, attn.mean(1, keepdim=True)], 1).float().cpu()  # [B, heads + 1, gh, gw]
+    maps = F.interpolate(maps, size=size, mode="nearest")  # a block per patch, as DINO's visualize_attention.py
+    colours = heat(stretch(maps).flatten(0, 1)).view(b, heads + 1, 3, *size)
+    overlay = 0.5 * images + 0.5 * colours[:, -1]  # [B, 3, H, W]
+    rows = [torch.cat([img[None], c[:heads], o[None]]) for img, c, o in zip(images, colours, overlay)]
+    return save_rows(rows, Path(path), logger, tag, step)
+
+
+def save_attention_maps(
+    vit: nn.Module, images: torch.Tensor, path: Union[str, Path], logger: Optional[object] = None,
+    tag: str = "attention/cls", step: int = 0,
+) -> Path:
+    """``cls_attention`` of ``images`` ([B, 3, H, W], normalised as ``eval_view(vit)`` does) drawn into ``path``."""
+    stats = timm.data.resolve_data_config({}, model=vit)  # the mean and std eval_view normalised with
+    return attention_figure(images, cls_attention(vit, images), path, stats["mean"], stats["std"], logger, tag, step)
+
+
+class AttentionMaps(Callback):
+    """``<run>/figures/attention_epoch{E:03d}.png`` (and TensorBoard ``attention/cls``) every
+    ``every_n_epochs`` epochs (0: only at the end) and at the end of fit, on rank 0: the evaluation
+    backbone's [class]-token attention on the first ``num_images`` images of the val split (the
+    train split without one), the same images each time."""
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 4) -> None:
+        if every_n_epochs < 0:
+            raise ConfigError(f"AttentionMaps every_n_epochs={every_n_epochs} must be >= 0")
+        if num_images < 1:
+            raise ConfigError(f"AttentionMaps num_images={num_images} must be at least 1")
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self._images: Optional[torch.Tensor] = None  # [num_images, 3, H, W], read once
+        self._epoch = 0  # the last epoch that ended: names the figure at the end of fit
+        self._drawn_step: Optional[int] = None  # fit's end skips a figure the last epoch's end just drew
+
+    def images(self, trainer: Trainer, vit: nn.Module) -> torch.Tensor:
+        if self._images is None:
+            dm = trainer.datamodule
+            if not hasattr(dm, "eval_loader"):
+                raise ConfigError("AttentionMaps needs sslvit's ShardDataModule (data.val_shards or data.train_shards)")
+            which = "val" if dm.hparams.get("val_shards") is not None else "train"
+            batch = next(iter(dm.eval_loader(which, eval_view(vit), self.num_images)), None)
+            if batch is None:
+                raise ConfigError(f"AttentionMaps: no image could be read from data.{which}_shards")
+            self._images = batch["image"]
+        return self._images
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> Path:
+        vit = pl_module.eval_encoder().vit
+        path = Path(trainer.default_root_dir) / "figures" / f"attention_epoch{epoch:03d}.png"
+        self._drawn_step = trainer.global_step
+        return save_attention_maps(vit, self.images(trainer, vit), path, image_logger(trainer), step=trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch = trainer.current_epoch
+        n = self.every_n_epochs
+        if n and (trainer.current_epoch + 1) % n == 0 and trainer.is_global_zero:
+            self.draw(trainer, pl_module, trainer.current_epoch)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and trainer.global_step != self._drawn_step:
+            self.draw(trainer, pl_module, self._epoch)

@@ -1,0 +1,97 @@
+"""DINO's self-distillation loss (Caron et al. 2021, Eq. 1-4 and Alg. 1).
+
+The teacher's output on each global crop, centred (Eq. 4) and sharpened by a low temperature,
+is the target distribution for the student's output on every *other* crop:
+
+    L = 1 / #pairs  x  sum over teacher crops t, student crops s != t  of  H(P_t(x_t), P_s(x_s)),
+    H(a, b) = -sum_k a_k log b_k,   P_t = softmax((g_t - c) / tau_t),   P_s = softmax(g_s / tau_s).
+
+The center ``c`` is an EMA of the teacher's mean output over the global batch (all ranks).
+It is a Module because it holds that center.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmup_epochs: int) -> float:
+    """Linear warm-up of the teacher temperature over the first epochs, then constant (DINO App. B:
+    0.04 -> 0.07 over 30 epochs); epoch ``warmup_epochs - 1`` already reaches ``final_temp``."""
+    if epoch >= warmup_epochs:
+        return final_temp
+    if warmup_epochs == 1:
+        return warmup_temp
+    return warmup_temp + (final_temp - warmup_temp) * epoch / (warmup_epochs - 1)
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]; in checkpoints, for exact resume
+
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
+        """student_out [S x B, K] (the global crops first, then the local ones), teacher_out [n_global x B, K].
+        Returns the mean cross-entropy over the n_global x (S - 1) pairs, then updates the center."""
+        batch = teacher_out.shape[0] // n_global
+        n_student = student_out.shape[0] // max(batch, 1)
+        if batch == 0 or batch * n_global != teacher_out.shape[0] or n_student * batch != student_out.shape[0]:
+            raise ValueError(f"{student_out.shape[0]} student rows and {teacher_out.shape[0]} teacher rows "
+                             f"are not whole crops of one batch with {n_global} global crops")
+        teacher_probs = self.teacher_probs(teacher_out, teacher_temp).chunk(n_global)  # n_global x [B, K]
+        student_logp = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(n_student)  # S x [B, K]
+        total, pairs = student_out.new_zeros((), dtype=torch.float32), 0
+        for t, q in enumerate(teacher_probs):
+            for s, logp in enumerate(student_logp):
+                if s == t:
+                    continue  # a view is never its own target
+                total = total + torch.sum(-q * logp, dim=-1).mean()
+                pairs += 1
+        self.update_center(teacher_out)
+        return total / pairs
+
+    def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Centred and sharpened teacher distribution, no gradient: [T x B, K]."""
+        return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """c <- m c + (1 - m) mean of the teacher outputs over the global batch (Eq. 4)."""
+        batch_sum = teacher_out.detach().float().sum(dim=0, keepdim=True)  # [1, K]
+        count = teacher_out.shape[0]
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            count *= dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1.0 - self.center_momentum)
+
+
+@torch.no_grad()
+def collapse_stats(teacher_probs: torch.Tensor, features: torch.Tensor) -> dict[str, float]:
+    """What shows collapse (DINO Sec. 5.3, Fig. 7) from one batch of teacher outputs:
+
+    - ``teacher_entropy``: mean entropy of each image's teacher distribution, divided by log K.
+      Near 1: every image gets the uniform distribution (collapse by flattening).
+    - ``kl_to_uniform``: KL(mean distribution over the batch || uniform) = log K - H(mean), divided by
+      log K. Near 1: every image lands on the same prototype (collapse by one dominant dimension).
+    - ``effective_rank``: exp of the entropy of the normalised singular values of the teacher's
+      backbone features, uncentred as in RankMe (Garrido et al. 2023); near 1 when all images map to
+      one point or direction, at most min(B, D).
+    """
+    p = teacher_probs.float()
+    log_k = math.log(p.shape[-1])
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
+    mean_p = p.mean(0)
+    kl_uniform = log_k + (mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+    sv = torch.linalg.svdvals(features.float())
+    sv = sv / sv.sum().clamp_min(1e-12)
+    eff_rank = torch.exp(-(sv * torch.log(sv.clamp_min(1e-12))).sum())
+    return {
+        "teacher_entropy": float(entropy / log_k),
+        "kl_to_uniform": float(kl_uniform / log_k),
+        "effective_rank": float(eff_rank),
+    }

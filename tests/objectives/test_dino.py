@@ -1,0 +1,131 @@
+"""DINO on the shared encoder: multi-crop shapes, the EMA teacher, the frozen last layer, export."""
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from torch.testing import assert_close
+
+from sslvit.data.datamodule import ShardDataModule
+from sslvit.errors import ConfigError
+from sslvit.export import load_backbone
+from sslvit.objectives.dino import DINO
+from tests.conftest import tiny_encoder
+
+
+def small_dino(**kw) -> DINO:
+    args = dict(encoder=tiny_encoder(drop_path_rate=0.1), out_dim=128, hidden_dim=32, bottleneck_dim=16,
+                base_lr=5e-3, warmup_epochs=0, **kw)
+    return DINO(**args)
+
+
+def crops(batch=3, n_local=4):
+    return [torch.randn(batch, 3, 32, 32) for _ in range(2)] + [torch.randn(batch, 3, 16, 16) for _ in range(n_local)]
+
+
+def fit(model: DINO, tiny_shards, steps: int, root, **trainer_kw) -> Trainer:
+    dm = ShardDataModule(train_shards=tiny_shards["train"], img_size=32, batch_size=8, num_workers=0, view="multicrop",
+                         local_crops=2, local_img_size=16, epoch_samples=64, shuffle_buffer=16)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=root, **trainer_kw)
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def test_multicrop_shapes_and_position_embedding_resampling():
+    model = small_dino()
+    feats, logits = model.student(crops(batch=3, n_local=4))
+    assert feats.shape == (6 * 3, 64) and logits.shape == (6 * 3, 128)
+    # the 16 px crops go through timm's pos-embed resampling: a 2x2 grid instead of 4x4
+    tokens = model.student.encoder.forward_tokens(torch.randn(2, 3, 16, 16))
+    assert tokens.shape == (2, 1 + 4, 64)
+    loss, out = model(crops())
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert out["teacher_probs"].shape == (2 * 3, 128)  # the teacher sees the 2 global crops only
+
+
+def test_teacher_starts_as_the_student_without_gradients_or_drop_path():
+    model = small_dino()
+    for (n, t), s in zip(model.teacher.named_parameters(), model.student.parameters()):
+        assert torch.equal(t, s), n
+        assert not t.requires_grad, n
+    assert model.student.encoder.vit.blocks[1].drop_path1.drop_prob > 0
+    assert isinstance(model.teacher.encoder.vit.blocks[1].drop_path1, torch.nn.Identity)
+    model(crops())[0].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_single_crop_batches_are_a_config_error():
+    with pytest.raises(ConfigError, match="data.view=multicrop"):
+        small_dino().training_step({"image": torch.randn(2, 3, 32, 32)}, 0)
+
+
+
+def test_teacher_moves_only_by_the_ema_rule(tiny_shards, tmp_path):
+    """After each optimiser step: teacher = m(step) x teacher_before + (1 - m(step)) x student_after."""
+    model = small_dino()
+    seen = []
+
+    class Recorder(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append({"step": trainer.global_step,
+                         "teacher": [p.detach().clone() for p in pl_module.teacher.parameters()]})
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen[-1]["student"] = [p.detach().clone() for p in pl_module.student.parameters()]
+            seen[-1]["teacher_after"] = [p.detach().clone() for p in pl_module.teacher.parameters()]
+
+    fit(model, tiny_shards, 3, tmp_path, callbacks=[Recorder()])
+    assert [s["step"] for s in seen] == [0, 1, 2]
+    for s in seen:
+        m = model.momentum(s["step"])
+        assert 0.996 <= m < 1.0
+        moved = False
+        for t0, st, t1 in zip(s["teacher"], s["student"], s["teacher_after"]):
+            assert_close(t1, m * t0 + (1 - m) * st)
+            moved |= not torch.equal(t0, t1)
+        assert moved
+
+
+def test_momentum_and_weight_decay_follow_cosines(tiny_shards, tmp_path):
+    model = small_dino()
+    trainer = fit(model, tiny_shards, 2, tmp_path)
+    total = model.total_steps
+    assert total == 2
+    assert model.momentum(0) == pytest.approx(0.996) and model.momentum(total) == pytest.approx(1.0)
+    decay_group = trainer.optimizers[0].param_groups[0]
+    assert decay_group["weight_decay"] == pytest.approx(0.04 + (0.4 - 0.04) * 0.5 * (1 - torch.cos(torch.tensor(torch.pi / 2)).item()))
+    assert trainer.optimizers[0].param_groups[1]["weight_decay"] == 0.0
+
+
+def test_last_layer_is_frozen_in_the_first_epoch(tiny_shards, tmp_path):
+    model = small_dino(norm_last_layer=False)
+    last = [p.detach().clone() for p in model.student.head.last_layer.parameters()]
+    mlp = [p.detach().clone() for p in model.student.head.mlp.parameters()]
+    fit(model, tiny_shards, 3, tmp_path)  # 64 samples / batch 8: all 3 steps in epoch 0
+    assert all(torch.equal(a, b) for a, b in zip(last, model.student.head.last_layer.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(mlp, model.student.head.mlp.parameters()))
+
+
+def test_center_is_saved_and_moves(tiny_shards, tmp_path):
+    model = small_dino()
+    trainer = fit(model, tiny_shards, 2, tmp_path)
+    assert model.loss.center.abs().sum() > 0
+    path = tmp_path / "x.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert torch.equal(state["loss.center"], model.loss.center)
+
+
+def test_export_picks_the_teacher(tiny_shards, tmp_path):
+    model = small_dino()
+    trainer = fit(model, tiny_shards, 3, tmp_path)
+    path = tmp_path / "dino.ckpt"
+    trainer.save_checkpoint(path)
+    vit = load_backbone(path)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        exported = vit.forward_features(x)
+        assert_close(exported, model.teacher.encoder.vit.forward_features(x))
+        assert not torch.allclose(exported, model.student.encoder.vit.forward_features(x), atol=1e-4)
+    assert model.eval_encoder() is model.teacher.encoder
