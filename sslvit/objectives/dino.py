@@ -47,7 +47,7 @@ class DINO(LightningModule):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         norm_last_layer: bool = True,  # unit-norm prototypes; false trains ViT-S better, true is safer for ViT-B
-        use_bn_in_head: bool = False,
+        use_bn_in_head: bool = False,  # BatchNorm in the head's MLP (the paper's ResNet setting); synchronised over GPUs
         momentum_teacher: float = 0.996,  # EMA momentum, raised to 1 on a per-step cosine (Sec. 3.1)
         teacher_temp: float = 0.07,  # tau_t: linear warm-up from 0.04 over the first 30 epochs (Sec. 4)
         warmup_teacher_temp: float = 0.04,
@@ -91,6 +91,13 @@ class DINO(LightningModule):
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(out_dim, student_temp, center_momentum)
         self.total_steps = 1  # set by configure_optimizers from the Trainer's estimate
+
+    def setup(self, stage: str) -> None:
+        """BatchNorm in the heads sees the global batch, as the reference's SyncBatchNorm (CUDA only)."""
+        trainer = self.trainer
+        if self.hparams.use_bn_in_head and trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
+            self.student.head = nn.SyncBatchNorm.convert_sync_batchnorm(self.student.head)
+            self.teacher.head = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher.head)
 
     def eval_encoder(self) -> Encoder:
         """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""

@@ -34,3 +34,17 @@ def test_warmup_then_cosine():
     assert warmup_cosine(60, 10, 110, 1.0, 0.0) == pytest.approx(0.5)
     assert warmup_cosine(110, 10, 110, 1.0, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(35, 10, 110, 1.0, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_per_parameter_clipping_scales_each_gradient_on_its_own():
+    import torch
+
+    from sslvit.objectives.optim import clip_grad_per_param_
+
+    big, small, none = (torch.nn.Parameter(torch.zeros(4)) for _ in range(3))
+    big.grad = torch.tensor([30.0, 40.0, 0.0, 0.0])  # norm 50
+    small.grad = torch.tensor([0.3, 0.4, 0.0, 0.0])  # norm 0.5: under the limit, untouched
+    clip_grad_per_param_([big, small, none], 3.0)
+    torch.testing.assert_close(big.grad, torch.tensor([1.8, 2.4, 0.0, 0.0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small.grad, torch.tensor([0.3, 0.4, 0.0, 0.0]))
+    assert none.grad is None
