@@ -19,7 +19,7 @@ from torch import nn
 
 
 def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmup_epochs: int) -> float:
-    """Linear warm-up of the teacher temperature over the first epochs, then constant (DINO App. B:
+    """Linear warm-up of the teacher temperature over the first epochs, then constant (DINO Sec. 4:
     0.04 -> 0.07 over 30 epochs); epoch ``warmup_epochs - 1`` already reaches ``final_temp``."""
     if epoch >= warmup_epochs:
         return final_temp

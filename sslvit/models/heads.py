@@ -7,7 +7,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 
 class DINOHead(nn.Module):
-    """DINO's projection head (Caron et al. 2021, Sec. 3.1 and App. C; main_dino.py ``DINOHead``).
+    """DINO's projection head (Caron et al. 2021, Sec. 3.1; main_dino.py ``DINOHead``).
 
     A 3-layer MLP (hidden 2048, GELU) down to a 256-wide bottleneck, L2-normalised, then a
     weight-normalised linear layer to ``out_dim`` prototypes with no bias.  With
@@ -19,7 +19,7 @@ class DINOHead(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 65536,  # K, the number of prototypes (paper Tab. 9: 65536 is best)
+        out_dim: int = 65536,  # K, the number of prototypes (the paper's default)
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         num_layers: int = 3,

@@ -42,8 +42,8 @@ class EncoderWithHead(nn.Module):
 class DINO(LightningModule):
     def __init__(
         self,
-        encoder: EncoderConfig = EncoderConfig(size="small", drop_path_rate=0.1),  # ViT-S/16, drop path 0.1 (App. C)
-        out_dim: int = 65536,  # prototypes K (Tab. 9)
+        encoder: EncoderConfig = EncoderConfig(size="small", drop_path_rate=0.1),  # ViT-S/16, drop path 0.1 (the released ViT-S/16 arguments)
+        out_dim: int = 65536,  # prototypes K (the paper's default)
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         norm_last_layer: bool = True,  # unit-norm prototypes; false trains ViT-S better, true is safer for ViT-B
