@@ -1,4 +1,9 @@
-"""The trained backbone of a fit checkpoint, as a plain timm VisionTransformer.
+"""The trained backbone of a fit checkpoint, as a plain timm VisionTransformer, and its export.
+
+``export_backbone`` writes timm's own folder format, what ``timm.models.save_for_hf(...,
+safe_serialization=True)`` writes: ``config.json`` (the architecture and its arguments) and
+``model.safetensors``.  ``timm.create_model("local-dir:OUT_DIR", pretrained=True)`` loads it with no
+sslvit installed, and the folder can be pushed to a model hub as it is.
 
 Every objective names its evaluation backbone in the checkpoints it writes (``on_save_checkpoint``):
 ``checkpoint["sslvit_backbone"] = {"prefix": <state-dict prefix>, "encoder": <EncoderConfig fields>}``;
@@ -7,7 +12,7 @@ MAE's is its encoder, DINO's the EMA teacher's.  Loading reads only that and the
 """
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -30,6 +35,9 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
 def backbone_encoder(checkpoint: dict, source: str = "checkpoint") -> Encoder:
     """The evaluation backbone the objective recorded in ``checkpoint``, weights loaded."""
     info = checkpoint.get("sslvit_backbone")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not info and "encoder" in hparams and any(k.startswith("encoder.vit.") for k in checkpoint.get("state_dict", {})):
+        info = {"prefix": "encoder.", "encoder": hparams["encoder"]}  # an MAE checkpoint from before the entry existed
     if not info:
         raise ConfigError(f"{source} has no 'sslvit_backbone' entry: it was not written by sslvit.fit")
     encoder = Encoder(EncoderConfig(**info["encoder"]))
@@ -40,5 +48,56 @@ def backbone_encoder(checkpoint: dict, source: str = "checkpoint") -> Encoder:
 
 
 def load_backbone(path: Union[str, Path]) -> nn.Module:
-    """The timm VisionTransformer inside a fit checkpoint (DINO: the teacher; MAE: the encoder), in eval mode."""
-    return backbone_encoder(read_checkpoint(path), str(path)).vit
+    """The timm VisionTransformer of a fit checkpoint (DINO: the teacher; MAE: the encoder) or of an
+    export folder, in eval mode."""
+    path = Path(path)
+    if not path.is_dir():
+        return backbone_encoder(read_checkpoint(path), str(path)).vit
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"backbone folder {str(path)!r} has no config.json: not an export folder")
+    import timm  # here: reading a checkpoint needs only torch
+
+    try:
+        return timm.create_model(f"local-dir:{path}", pretrained=True).eval()
+    except Exception as err:  # a config or weights file that is not timm's
+        raise ConfigError(f"backbone folder {str(path)!r} cannot be loaded by timm: {str(err).splitlines()[0]}") from err
+
+
+def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_size: Optional[int] = None) -> Path:
+    """Write the backbone of ``source`` (a checkpoint or an export folder) as timm's folder format.
+
+    ``img_size`` resamples the position-embedding table to that input size (timm's bicubic
+    ``resample_abs_pos_embed``, also for tables that were fixed sin-cos), for fine-tuning at
+    another resolution; the same size leaves the weights as they are.
+    """
+    from timm.models import save_for_hf
+
+    vit = load_backbone(source)
+    if img_size is not None:
+        patch = vit.patch_embed.patch_size[0]
+        if img_size <= 0 or img_size % patch:
+            raise ConfigError(f"--img-size {img_size} is not a positive multiple of the patch size {patch}")
+        vit.set_input_size(img_size=img_size)
+    out = Path(out_dir)
+    save_for_hf(vit, out, model_args=timm_model_args(vit), safe_serialization=True)
+    return out
+
+
+def timm_model_args(vit: nn.Module) -> dict:
+    """The ``timm.create_model`` arguments that rebuild ``vit``'s shape on top of its registered name,
+    read from the model itself (newer timm records them too; older timm needs them spelled out)."""
+    block = vit.blocks[0]
+    return {
+        "num_classes": vit.num_classes,
+        "img_size": list(vit.patch_embed.img_size),
+        "patch_size": vit.patch_embed.patch_size[0],
+        "in_chans": vit.patch_embed.proj.in_channels,
+        "embed_dim": vit.embed_dim,
+        "depth": len(vit.blocks),
+        "num_heads": block.attn.num_heads,
+        "mlp_ratio": block.mlp.fc1.out_features / vit.embed_dim,
+        "global_pool": vit.global_pool,
+        "fc_norm": not isinstance(vit.fc_norm, nn.Identity),
+        "class_token": vit.cls_token is not None,
+        "dynamic_img_size": vit.dynamic_img_size,
+    }

@@ -1,0 +1,119 @@
+"""Export round trip: a checkpoint's backbone, written in timm's folder format, loads in plain timm
+(no sslvit imported) and gives the same features."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from timm.layers import resample_abs_pos_embed
+from torch.testing import assert_close
+
+from sslvit.data.datamodule import ShardDataModule
+from sslvit.export import export_backbone, load_backbone
+from sslvit.objectives import DINO, MAE
+from tests.conftest import tiny_encoder
+
+ROOT = Path(__file__).parent.parent
+MODELS = {
+    "mae_learn": lambda: MAE(encoder=tiny_encoder(pos_embed="learn"), decoder_dim=32, decoder_depth=1, decoder_heads=2),
+    "mae_sincos_avg": lambda: MAE(encoder=tiny_encoder(pos_embed="sincos", global_pool="avg"), decoder_dim=32,
+                                  decoder_depth=1, decoder_heads=2),
+    "dino": lambda: DINO(encoder=tiny_encoder(drop_path_rate=0.1), out_dim=64, hidden_dim=32, bottleneck_dim=16),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_shards, tmp_path_factory) -> dict:
+    """name -> (checkpoint path, the module after 2 training steps)."""
+    out = {}
+    for name, make in MODELS.items():
+        model = make()
+        view = "multicrop" if name == "dino" else "mae"
+        dm = ShardDataModule(train_shards=tiny_shards["train"], img_size=32, batch_size=8, num_workers=0, view=view,
+                             local_crops=2, local_img_size=16, epoch_samples=64, shuffle_buffer=16)
+        root = tmp_path_factory.mktemp(name)
+        trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
+        trainer.fit(model, datamodule=dm)
+        trainer.save_checkpoint(root / "last.ckpt")
+        out[name] = (root / "last.ckpt", model.eval())
+    return out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_loads_in_plain_timm_with_identical_features(name, checkpoints, tmp_path):
+    ckpt, model = checkpoints[name]
+    folder = export_backbone(ckpt, tmp_path / "export")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval_encoder().vit.forward_features(x)  # DINO: the teacher
+    torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
+    # a fresh interpreter in which importing sslvit fails: only timm reads the folder
+    script = (
+        "import sys, torch, timm; sys.modules['sslvit'] = None; "
+        f"io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True); "
+        f"m = timm.create_model('local-dir:{folder}', pretrained=True).eval(); "
+        "print(float((m.forward_features(io['x']) - io['expected']).abs().max()))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
+    # and in-process, through load_backbone(folder)
+    with torch.no_grad():
+        assert_close(load_backbone(folder).forward_features(x), expected, atol=1e-5, rtol=0)
+
+
+def test_dino_export_is_the_teacher_not_the_student(checkpoints, tmp_path):
+    ckpt, model = checkpoints["dino"]
+    vit = load_backbone(export_backbone(ckpt, tmp_path / "export"))
+    state = vit.state_dict()
+    teacher = model.teacher.encoder.vit.state_dict()
+    student = model.student.encoder.vit.state_dict()
+    assert all(torch.equal(state[k], teacher[k]) for k in teacher)
+    assert not all(torch.equal(state[k], student[k]) for k in student)
+
+
+def test_resampling_to_the_training_size_is_the_identity(checkpoints, tmp_path):
+    ckpt, _ = checkpoints["mae_learn"]
+    plain = load_backbone(export_backbone(ckpt, tmp_path / "a")).state_dict()
+    same = load_backbone(export_backbone(ckpt, tmp_path / "b", img_size=32)).state_dict()
+    assert plain.keys() == same.keys() and all(torch.equal(plain[k], same[k]) for k in plain)
+
+
+@pytest.mark.parametrize("name", ["mae_learn", "mae_sincos_avg"])
+def test_resampling_to_a_new_size_interpolates_the_position_table(name, checkpoints, tmp_path):
+    ckpt, model = checkpoints[name]
+    folder = export_backbone(ckpt, tmp_path / "big", img_size=48)
+    assert json.loads((folder / "config.json").read_text())["model_args"]["img_size"] == [48, 48]
+    vit = load_backbone(folder)
+    table = model.eval_encoder().vit.pos_embed.detach()  # [1, 1 + 16, D]
+    assert_close(vit.pos_embed.detach(), resample_abs_pos_embed(table, new_size=(6, 6), num_prefix_tokens=1))
+    assert vit.forward_features(torch.randn(1, 3, 48, 48)).shape == (1, 1 + 36, 64)
+
+
+def tool_main():
+    spec = importlib.util.spec_from_file_location("export_backbone", ROOT / "tools" / "export_backbone.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_command_line(checkpoints, tmp_path, capsys):
+    ckpt, _ = checkpoints["mae_learn"]
+    ok = subprocess.run([sys.executable, str(ROOT / "tools" / "export_backbone.py"), str(ckpt), str(tmp_path / "out")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.strip() == str(tmp_path / "out") and (tmp_path / "out" / "model.safetensors").is_file()
+    main = tool_main()
+    for args, culprit in [([str(tmp_path / "nope.ckpt"), str(tmp_path / "x")], "nope.ckpt"),
+                          ([str(ckpt), str(tmp_path / "y"), "--img-size", "50"], "--img-size 50"),
+                          ([str(tmp_path), str(tmp_path / "z")], "config.json")]:
+        assert main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("export_backbone: error:") and culprit in lines[0], lines

@@ -1,0 +1,43 @@
+"""A fit checkpoint's backbone as plain timm weights (``sslvit.export``).
+
+    python tools/export_backbone.py runs/dino/checkpoints/last.ckpt exports/dino_vits16
+    python tools/export_backbone.py runs/mae/checkpoints/last.ckpt exports/mae_384 --img-size 384
+
+Writes timm's own folder format (``config.json`` + ``model.safetensors``): MAE's encoder, DINO's
+teacher.  Load it anywhere with ``timm.create_model("local-dir:OUT_DIR", pretrained=True)``, no
+sslvit needed.  ``--img-size`` resamples the position embedding for another input size.
+Prints the folder.
+"""
+
+import argparse
+import sys
+
+from sslvit.cli import OneLineParser, at_least
+from sslvit.errors import ConfigError
+from sslvit.export import export_backbone
+
+PROG = "export_backbone"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="CKPT", help="a checkpoint written by sslvit.fit, or an export folder")
+    p.add_argument("out", metavar="OUT_DIR", help="the folder to write")
+    p.add_argument("--img-size", type=at_least(int, 1), default=None, metavar="N",
+                   help="resample the position embedding to N x N inputs (default: the training size)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        out = export_backbone(args.source, args.out, args.img_size)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
