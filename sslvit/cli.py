@@ -1,7 +1,11 @@
-"""What the command-line tools share: argparse that answers a usage error in one line."""
+"""What the command-line tools share: argparse that answers a usage error in one line, and a
+runner that turns a user's mistake (``ConfigError``) into one line and exit status 2."""
 
 import argparse
 import sys
+from typing import Callable
+
+from sslvit.errors import ConfigError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,3 +29,15 @@ def at_least(kind: type, low: float):
         return value
 
     return parse
+
+
+def run(prog: str, work: Callable[[], object]) -> int:
+    """Prints what ``work()`` returns and gives exit status 0; a ``ConfigError`` becomes one line
+    ``PROG: error: ...`` on stderr and exit status 2.  Other exceptions are bugs and keep their traceback."""
+    try:
+        result = work()
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0

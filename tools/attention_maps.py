@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sslvit.analysis.attention import save_attention_maps
-from sslvit.cli import OneLineParser, at_least
+from sslvit.cli import OneLineParser, at_least, run
 from sslvit.data.shards import expand_urls
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view, load_rgb
@@ -60,20 +60,18 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if not args.image and not args.shards:
         parser().error("give --image PATH ... or --shards SPEC ... (or both)")
-    try:
-        if Path(args.out).suffix.lower() not in Image.registered_extensions():  # before minutes of work, not after
-            raise ConfigError(f"--out {args.out!r}: not an image file name (e.g. attention.png)")
-        vit = load_backbone(args.backbone)
-        view = eval_view(vit)
-        parts = [torch.stack([read_image(p, view) for p in args.image])] if args.image else []
-        if args.shards:
-            parts.append(shard_images(args.shards, view, args.num_images))
-        path = save_attention_maps(vit, torch.cat(parts), args.out)
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run(PROG, lambda: draw(args))
+
+
+def draw(args: argparse.Namespace) -> Path:
+    if Path(args.out).suffix.lower() not in Image.registered_extensions():  # before minutes of work, not after
+        raise ConfigError(f"--out {args.out!r}: not an image file name (e.g. attention.png)")
+    vit = load_backbone(args.backbone)
+    view = eval_view(vit)
+    parts = [torch.stack([read_image(p, view) for p in args.image])] if args.image else []
+    if args.shards:
+        parts.append(shard_images(args.shards, view, args.num_images))
+    return save_attention_maps(vit, torch.cat(parts), args.out)
 
 
 if __name__ == "__main__":

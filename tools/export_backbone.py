@@ -12,8 +12,7 @@ Prints the folder.
 import argparse
 import sys
 
-from sslvit.cli import OneLineParser, at_least
-from sslvit.errors import ConfigError
+from sslvit.cli import OneLineParser, at_least, run
 from sslvit.export import export_backbone
 
 PROG = "export_backbone"
@@ -30,13 +29,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        out = export_backbone(args.source, args.out, args.img_size)
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    return run(PROG, lambda: export_backbone(args.source, args.out, args.img_size))
 
 
 if __name__ == "__main__":

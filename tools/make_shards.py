@@ -12,9 +12,8 @@ import os
 import sys
 from collections import Counter
 
-from sslvit.cli import OneLineParser, at_least
+from sslvit.cli import OneLineParser, at_least, run
 from sslvit.data.folder import ShardSet, folder_to_shards, read_classes
-from sslvit.errors import ConfigError
 
 PROG = "make_shards"
 SHOW_SKIPPED = 20
@@ -54,23 +53,17 @@ def summary(result: ShardSet) -> list[str]:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        result = folder_to_shards(
-            args.src,
-            args.out,
-            args.prefix,
-            maxcount=args.maxcount,
-            maxsize_mb=args.maxsize,
-            workers=args.workers,
-            resize_max=args.resize_max,
-            classes=read_classes(args.classes) if args.classes else None,
-            seed=args.seed,
-        )
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(summary(result)))
-    return 0
+    return run(PROG, lambda: "\n".join(summary(folder_to_shards(
+        args.src,
+        args.out,
+        args.prefix,
+        maxcount=args.maxcount,
+        maxsize_mb=args.maxsize,
+        workers=args.workers,
+        resize_max=args.resize_max,
+        classes=read_classes(args.classes) if args.classes else None,
+        seed=args.seed,
+    ))))
 
 
 if __name__ == "__main__":
