@@ -40,7 +40,7 @@ def backbone_encoder(checkpoint: dict, source: str = "checkpoint") -> Encoder:
         info = {"prefix": "encoder.", "encoder": hparams["encoder"]}  # an MAE checkpoint from before the entry existed
     if not info:
         raise ConfigError(f"{source} has no 'sslvit_backbone' entry: it was not written by sslvit.fit")
-    encoder = Encoder(EncoderConfig(**info["encoder"]))
+    encoder = Encoder(EncoderConfig(**info["encoder"]), num_classes=info.get("num_classes", 0))
     prefix = info["prefix"]
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     encoder.load_state_dict(state, strict=True)

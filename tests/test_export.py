@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.export import export_backbone, load_backbone
-from sslvit.objectives import DINO, MAE
+from sslvit.objectives import DINO, MAE, Supervised
 from tests.conftest import tiny_encoder
 
 ROOT = Path(__file__).parent.parent
@@ -24,6 +24,7 @@ MODELS = {
     "mae_sincos_avg": lambda: MAE(encoder=tiny_encoder(pos_embed="sincos", global_pool="avg"), decoder_dim=32,
                                   decoder_depth=1, decoder_heads=2),
     "dino": lambda: DINO(encoder=tiny_encoder(drop_path_rate=0.1), out_dim=64, hidden_dim=32, bottleneck_dim=16),
+    "supervised": lambda: Supervised(encoder=tiny_encoder(drop_path_rate=0.1), num_classes=4, cutmix_alpha=0.0),
 }
 
 

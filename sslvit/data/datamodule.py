@@ -84,6 +84,21 @@ class ShardDataModule(LightningDataModule):
         )
         return StreamLoader(stream, h.num_workers, epoch_of=(lambda: trainer.current_epoch) if trainer else None)
 
+    def val_dataloader(self):
+        """The labelled held-out split, each sample once over all ranks, through timm's evaluation
+        transform at ``img_size`` (resize, centre crop 0.875, normalise); none without ``val_shards``.
+        Objectives without a ``validation_step`` (MAE, DINO) never read it."""
+        h = self.hparams
+        if h.val_shards is None:
+            return []
+        import timm.data  # here: the shard tools need no timm
+
+        view = timm.data.create_transform(input_size=(3, h.img_size, h.img_size), crop_pct=0.875, is_training=False,
+                                          mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return self.eval_loader("val", view, h.batch_size, rank, world)
+
     def eval_loader(self, which: str, view: Callable, batch_size: int = 256, rank: int = 0, world_size: int = 1) -> StreamLoader:
         """The ``which`` split ('train' or 'val') exactly once over ``world_size`` ranks, in order, with keys."""
         spec = self.hparams[f"{which}_shards"]

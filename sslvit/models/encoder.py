@@ -125,10 +125,10 @@ def xavier_init_(vit: nn.Module) -> None:
 class Encoder(nn.Module):
     """A timm ViT plus the few views of it the objectives need."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, num_classes: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vit = build_vit(cfg)
+        self.vit = build_vit(cfg, num_classes)  # num_classes > 0: timm's own linear head on the pooled feature
 
     @property
     def embed_dim(self) -> int:

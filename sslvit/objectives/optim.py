@@ -1,7 +1,7 @@
 """Optimiser pieces every objective shares: decay groups, lr scaling, per-step schedules."""
 
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -58,14 +58,19 @@ def adamw_warmup_cosine(
     betas: tuple[float, float],
     warmup_epochs: float,
     min_lr: float,
+    groups: Optional[list[dict]] = None,
 ) -> dict:
     """AdamW at lr = base_lr x global batch / 256 (Goyal et al.'s linear rule, as MAE/DINO),
-    with a per-step linear warm-up and cosine decay to ``min_lr``."""
+    with a per-step linear warm-up and cosine decay to ``min_lr``.  ``groups`` defaults to
+    :func:`param_groups`; a group's ``lr_scale`` (timm's layer-wise decay groups) multiplies its lr."""
     batch = global_batch_size(module.trainer)
     lr = base_lr * batch / 256
     warmup, total = schedule_steps(module.trainer, warmup_epochs)
     rank_zero_info(f"sslvit: global batch {batch}, lr {lr:.3g}, {warmup} warm-up of {total} steps")
-    optimizer = torch.optim.AdamW(param_groups(module.named_parameters(), weight_decay), lr=lr, betas=betas)
+    groups = param_groups(module.named_parameters(), weight_decay) if groups is None else groups
+    for group in groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # the schedule below scales each group's own lr
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup, total, 1.0, min_lr / lr)
     )

@@ -1,0 +1,115 @@
+"""Supervised ViT classification (Dosovitskiy et al. 2021), from scratch or fine-tuned from a
+checkpoint or an exported backbone with MAE's protocol (He et al. 2022, App. A.3): layer-wise lr
+decay, mixup/cutmix and label smoothing (timm's), drop path; top-1/top-5 on the validation stream.
+"""
+
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from timm.data import Mixup
+from timm.layers import resample_abs_pos_embed
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torchmetrics.classification import MulticlassAccuracy
+
+from sslvit.errors import ConfigError
+from sslvit.export import load_backbone
+from sslvit.models.encoder import Encoder, EncoderConfig
+from sslvit.objectives.optim import adamw_warmup_cosine
+
+
+class Supervised(LightningModule):
+    def __init__(
+        self,
+        encoder: EncoderConfig = EncoderConfig(size="base", drop_path_rate=0.1),  # MAE ViT-B fine-tuning: drop path 0.1
+        num_classes: int = 1000,
+        init_from: Optional[str] = None,  # a fit checkpoint or an export folder: its backbone initialises ours
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.8,  # MAE fine-tuning (Tab. 9): mixup 0.8, cutmix 1.0; 0 and 0 turn both off
+        cutmix_alpha: float = 1.0,
+        layer_decay: Optional[float] = None,  # 0.65-0.75 in MAE fine-tuning; None: one lr for every layer
+        base_lr: float = 1e-3,  # lr = base_lr x global batch / 256
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 5,
+        min_lr: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
+            encoder = EncoderConfig(**encoder)
+        if num_classes < 2:
+            raise ConfigError(f"model.num_classes={num_classes} must be at least 2")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ConfigError(f"model.layer_decay={layer_decay} must be in (0, 1]")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.save_hyperparameters()
+        self.hparams["encoder"] = asdict(encoder)  # plain data in checkpoints
+        self.encoder = Encoder(encoder, num_classes)
+        if init_from:
+            load_pretrained(self.encoder.vit, init_from)
+        mixing = mixup_alpha > 0 or cutmix_alpha > 0
+        self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing,
+                           num_classes=num_classes) if mixing else None
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+
+    def eval_encoder(self) -> Encoder:
+        return self.encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> logits [B, num_classes]."""
+        return self.encoder.vit(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        if isinstance(images, list):
+            raise ConfigError("data.view='multicrop' gives several crops per image; supervised training uses data.view=mae")
+        if (labels < 0).any():
+            raise ConfigError("supervised training needs labelled shards (a .cls per sample); some samples have none")
+        if self.mixup is not None:
+            even = images.shape[0] // 2 * 2  # timm's batch mixup pairs the batch with its reverse
+            images, targets = self.mixup(images[:even], labels[:even])  # soft targets [B, C]
+            loss = SoftTargetCrossEntropy()(self(images), targets)
+        else:
+            loss = F.cross_entropy(self(images), labels, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[-1]["lr"], prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        labels = batch["label"]
+        self.top1.update(logits, labels)
+        self.top5.update(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=labels.shape[0])
+        self.log("val/top1", self.top1, prog_bar=True)  # torchmetrics syncs over ranks at epoch end
+        self.log("val/top5", self.top5)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = None
+        if h.layer_decay is not None:  # timm's groups: blocks scaled by decay^(depth - i), stem lowest, head 1
+            vit = self.encoder.vit
+            groups = param_groups_layer_decay(vit, h.weight_decay, vit.no_weight_decay(), layer_decay=h.layer_decay)
+        return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr, groups)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sslvit_backbone"] = {"prefix": "encoder.", "encoder": self.hparams["encoder"],
+                                         "num_classes": self.hparams.num_classes}
+
+
+def load_pretrained(vit: torch.nn.Module, source: str) -> None:
+    """Initialise ``vit`` from the backbone of a checkpoint or export folder: every weight but the
+    classifier head, the position table resampled (timm's bicubic) when the grid differs."""
+    state = {k: v for k, v in load_backbone(source).state_dict().items() if not k.startswith("head.")}
+    table = state.get("pos_embed")
+    if table is not None and table.shape != vit.pos_embed.shape:
+        state["pos_embed"] = resample_abs_pos_embed(table, new_size=list(vit.patch_embed.grid_size),
+                                                    num_prefix_tokens=vit.num_prefix_tokens)
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise ConfigError(f"model.init_from={source!r} does not fit this encoder: missing {missing}, unexpected {unexpected}")

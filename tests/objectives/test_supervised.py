@@ -1,0 +1,73 @@
+"""Supervised ViT: accuracy on the embedded digits, layer-wise lr decay, init from an export."""
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from timm.layers import resample_abs_pos_embed
+from torch.testing import assert_close
+
+from sslvit.data.datamodule import ShardDataModule
+from sslvit.errors import ConfigError
+from sslvit.export import export_backbone
+from sslvit.models.encoder import Encoder
+from sslvit.objectives import Supervised
+from tests.conftest import tiny_encoder
+
+
+def test_short_fit_on_the_digits_passes_90_percent_top1():
+    torch.manual_seed(0)
+    dm = ShardDataModule(train_shards="digits:train", val_shards="digits:val", img_size=32, batch_size=64,
+                         num_workers=0, crop_scale=(0.8, 1.0), hflip=False, shuffle_buffer=500)
+    model = Supervised(encoder=tiny_encoder(embed_dim=128, num_heads=4), num_classes=10, mixup_alpha=0.0,
+                       cutmix_alpha=0.0, base_lr=1.6e-2, warmup_epochs=1)
+    trainer = Trainer(accelerator="cpu", max_epochs=40, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    top1 = float(trainer.callback_metrics["val/top1"])
+    print(f"digits val top-1 {top1:.4f}, top-5 {float(trainer.callback_metrics['val/top5']):.4f}")
+    assert top1 > 0.90
+
+
+def test_layer_decay_gives_each_block_its_multiplier():
+    model = Supervised(encoder=tiny_encoder(depth=3), num_classes=10, layer_decay=0.75)
+
+    class FakeTrainer:  # what adamw_warmup_cosine reads
+        datamodule = type("DM", (), {"batch_size": 256})()
+        world_size, accumulate_grad_batches, estimated_stepping_batches, num_training_batches = 1, 1, 100, 10
+
+    model.trainer = FakeTrainer()
+    optimizer = model.configure_optimizers()["optimizer"]
+    lr = 1e-3 * 256 / 256
+    scale_of = {}
+    names = {id(p): n for n, p in model.encoder.vit.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            scale_of[names[id(p)]] = group["initial_lr"] / lr  # before the warm-up factor
+    depth = 3  # MAE's rule: the patch embedding and tokens get 0.75^(depth + 1), block i 0.75^(depth - i), head 1
+    assert scale_of["patch_embed.proj.weight"] == pytest.approx(0.75 ** (depth + 1))
+    assert scale_of["cls_token"] == pytest.approx(0.75 ** (depth + 1))
+    for i in range(depth):
+        assert scale_of[f"blocks.{i}.attn.qkv.weight"] == pytest.approx(0.75 ** (depth - i))
+    assert scale_of["head.weight"] == pytest.approx(1.0)
+    # timm's grouping puts the final LayerNorm with the last block; MAE's own code gives it 1.0
+    assert scale_of["norm.weight"] == pytest.approx(0.75)
+
+
+def test_fine_tuning_from_an_export_at_a_new_resolution(tmp_path):
+    source = Encoder(tiny_encoder(pos_embed="learn"))
+    ckpt = tmp_path / "src.ckpt"
+    state = {f"encoder.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "sslvit_backbone": {"prefix": "encoder.", "encoder": vars(source.cfg)}}, ckpt)
+    folder = export_backbone(ckpt, tmp_path / "export")
+    model = Supervised(encoder=tiny_encoder(img_size=48), num_classes=7, init_from=str(folder))
+    vit = model.encoder.vit
+    assert_close(vit.blocks[1].mlp.fc2.weight, source.vit.blocks[1].mlp.fc2.weight)
+    assert_close(vit.pos_embed, resample_abs_pos_embed(source.vit.pos_embed, new_size=[6, 6], num_prefix_tokens=1))
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match="model.layer_decay"):
+        Supervised(encoder=tiny_encoder(), num_classes=10, layer_decay=1.5)
+    with pytest.raises(ConfigError, match="model.num_classes"):
+        Supervised(encoder=tiny_encoder(), num_classes=1)
