@@ -12,6 +12,8 @@ SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the key
     "mae_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
     "dino_vits16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
                          "--trainer.num_nodes=1", "--data.local_crops=2"],
+    "supervised_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
+    "finetune_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
 }
 
 

@@ -50,6 +50,7 @@ class EncoderConfig:
     pos_embed: Literal["learn", "sincos"] = "learn"  # learned 1-D (ViT) or fixed 2-D sin-cos (MAE's default)
     global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
     drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
+    dropout: float = 0.0  # after the position embedding and every dense layer but qkv (ViT paper: 0.1 on ImageNet)
     weight_init: Literal["timm", "xavier"] = "timm"  # "xavier": MAE reference init (xavier-uniform linears and patch embed, [class] std .02)
     dynamic_img_size: bool = False  # interpolate pos-embed per input size (DINO's 96 px local crops)
     # Optional overrides of the size's shape, for tiny test and quick-start models.
@@ -95,6 +96,8 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         fc_norm=False,  # keep the final LayerNorm on every token, also for mean pooling (MAE, DINO)
         class_token=True,
         drop_path_rate=cfg.drop_path_rate,
+        proj_drop_rate=cfg.dropout,
+        pos_drop_rate=cfg.dropout,
         dynamic_img_size=cfg.dynamic_img_size,
         pretrained_cfg_overlay=dict(
             input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
