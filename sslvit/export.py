@@ -19,6 +19,7 @@ from torch import nn
 
 from sslvit.errors import ConfigError
 from sslvit.models.encoder import Encoder, EncoderConfig
+from sslvit.models.pos_embed import materialize_pos_embed_
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
@@ -73,6 +74,7 @@ def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_siz
     from timm.models import save_for_hf
 
     vit = load_backbone(source)
+    materialize_pos_embed_(vit)  # a factorised 2-D table is written as timm's full table
     if img_size is not None:
         patch = vit.patch_embed.patch_size[0]
         if img_size <= 0 or img_size % patch:
@@ -100,4 +102,5 @@ def timm_model_args(vit: nn.Module) -> dict:
         "fc_norm": not isinstance(vit.fc_norm, nn.Identity),
         "class_token": vit.cls_token is not None,
         "dynamic_img_size": vit.dynamic_img_size,
+        "pos_embed": "none" if vit.pos_embed is None else "learn",
     }

@@ -24,6 +24,9 @@ MODELS = {
     "mae_sincos_avg": lambda: MAE(encoder=tiny_encoder(pos_embed="sincos", global_pool="avg"), decoder_dim=32,
                                   decoder_depth=1, decoder_heads=2),
     "dino": lambda: DINO(encoder=tiny_encoder(drop_path_rate=0.1), out_dim=64, hidden_dim=32, bottleneck_dim=16),
+    "mae_no_pos_embed": lambda: MAE(encoder=tiny_encoder(pos_embed="none"), decoder_dim=32, decoder_depth=1,
+                                    decoder_heads=2),
+    "dino_learn_2d": lambda: DINO(encoder=tiny_encoder(pos_embed="learn_2d"), out_dim=64, hidden_dim=32, bottleneck_dim=16),
     "supervised": lambda: Supervised(encoder=tiny_encoder(drop_path_rate=0.1), num_classes=4, cutmix_alpha=0.0),
 }
 
@@ -34,7 +37,7 @@ def checkpoints(tiny_shards, tmp_path_factory) -> dict:
     out = {}
     for name, make in MODELS.items():
         model = make()
-        view = "multicrop" if name == "dino" else "mae"
+        view = "multicrop" if name.startswith("dino") else "mae"
         dm = ShardDataModule(train_shards=tiny_shards["train"], img_size=32, batch_size=8, num_workers=0, view=view,
                              local_crops=2, local_img_size=16, epoch_samples=64, shuffle_buffer=16)
         root = tmp_path_factory.mktemp(name)

@@ -18,7 +18,7 @@ from torch import nn
 from sslvit.errors import ConfigError
 from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
-from sslvit.models.pos_embed import sincos_2d
+from sslvit.models.pos_embed import factorize_pos_embed_, sincos_2d
 
 # width, depth, heads: ViT paper Table 1 (base/large/huge) and DeiT (tiny/small).
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -47,7 +47,9 @@ class EncoderConfig:
     patch_size: int = 16  # 14, 16 or 32 in the papers; any divisor of img_size works
     img_size: int = 224
     in_chans: int = 3
-    pos_embed: Literal["learn", "sincos"] = "learn"  # learned 1-D (ViT) or fixed 2-D sin-cos (MAE's default)
+    # learned 1-D (ViT's default), fixed 2-D sin-cos (MAE's), learned 2-D factorised into rows and columns,
+    # or none: the ViT paper's ablation (App. D.4, Tab. 8)
+    pos_embed: Literal["learn", "sincos", "learn_2d", "none"] = "learn"
     global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
     drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
     dropout: float = 0.0  # after the position embedding and every dense layer but qkv (ViT paper: 0.1 on ImageNet)
@@ -71,6 +73,8 @@ class EncoderConfig:
             raise ConfigError(f"encoder.embed_dim={width} is not divisible by encoder.num_heads={heads}")
         if self.pos_embed == "sincos" and width % 4:
             raise ConfigError(f"encoder.pos_embed='sincos' needs embed_dim divisible by 4, got {width}")
+        if self.pos_embed == "learn_2d" and width % 2:
+            raise ConfigError(f"encoder.pos_embed='learn_2d' needs an even embed_dim, got {width}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -99,6 +103,7 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         proj_drop_rate=cfg.dropout,
         pos_drop_rate=cfg.dropout,
         dynamic_img_size=cfg.dynamic_img_size,
+        pos_embed="none" if cfg.pos_embed == "none" else "learn",
         pretrained_cfg_overlay=dict(
             input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
             mean=IMAGENET_DEFAULT_MEAN,
@@ -114,6 +119,8 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         with torch.no_grad():
             vit.pos_embed.copy_(sincos_2d(width, gh, gw, num_prefix=vit.num_prefix_tokens))
         vit.pos_embed.requires_grad_(False)  # fixed, as in MAE
+    elif cfg.pos_embed == "learn_2d":
+        factorize_pos_embed_(vit)
     return vit
 
 

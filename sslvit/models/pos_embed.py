@@ -1,6 +1,9 @@
-"""Fixed 2-D sin-cos position embeddings (MAE's default, He et al. 2022, Sec. 3)."""
+"""2-D position embeddings beyond timm's learned 1-D table: fixed sin-cos (MAE's default, He et al.
+2022, Sec. 3) and learned factorised rows x columns (the ViT paper, App. D.4)."""
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
 
 def sincos_1d(dim: int, positions: torch.Tensor, temperature: float = 10000.0) -> torch.Tensor:
@@ -25,3 +28,42 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, num_prefix: int = 1) -> torch.
     emb = torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, cols.flatten())], dim=1)
     emb = torch.cat([torch.zeros(num_prefix, dim, dtype=emb.dtype), emb], dim=0)  # [P + H*W, dim]
     return emb.float().unsqueeze(0)
+
+
+class Factorized2D(nn.Module):
+    """The ViT paper's learned 2-D position embedding (App. D.4): a row table and a column table of
+    half the width each; patch (i, j) gets [row_i, col_j].  Registered as a parametrization of timm's
+    ``pos_embed`` (``torch.nn.utils.parametrize``), so timm's forward, resampling and export see the
+    full [1, prefix + gh * gw, D] table while the trainable parameters are the factors."""
+
+    def __init__(self, num_prefix: int, grid_h: int, grid_w: int) -> None:
+        super().__init__()
+        self.num_prefix, self.grid_h, self.grid_w = num_prefix, grid_h, grid_w
+
+    def forward(self, prefix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """prefix [1, P, D], rows [gh, D/2], cols [gw, D/2] -> table [1, P + gh * gw, D]."""
+        gh, gw = rows.shape[0], cols.shape[0]
+        grid = torch.cat([rows[:, None].expand(gh, gw, -1), cols[None, :].expand(gh, gw, -1)], dim=-1)  # [gh, gw, D]
+        return torch.cat([prefix, grid.reshape(1, gh * gw, -1)], dim=1)
+
+    def right_inverse(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A full table -> its factors: exact for a factorised table, the row and column means otherwise."""
+        p, half = self.num_prefix, table.shape[-1] // 2
+        grid = table[0, p:].reshape(self.grid_h, self.grid_w, -1)  # [gh, gw, D]
+        return table[:, :p], grid[:, :, :half].mean(1), grid[:, :, half:].mean(0)
+
+
+def factorize_pos_embed_(vit: nn.Module) -> None:
+    """Make ``vit.pos_embed`` a learned factorised 2-D table, factors initialised as timm's table (std .02)."""
+    gh, gw = vit.patch_embed.grid_size
+    parametrize.register_parametrization(vit, "pos_embed", Factorized2D(vit.num_prefix_tokens, gh, gw))
+    with torch.no_grad():
+        factors = vit.parametrizations.pos_embed  # original0: prefix, original1: rows, original2: columns
+        for factor in (factors.original0, factors.original1, factors.original2):
+            nn.init.trunc_normal_(factor, std=0.02)
+
+
+def materialize_pos_embed_(vit: nn.Module) -> None:
+    """A factorised table becomes a plain timm table (for export, resampling); others stay as they are."""
+    if parametrize.is_parametrized(vit, "pos_embed"):
+        parametrize.remove_parametrizations(vit, "pos_embed", leave_parametrized=True)

@@ -17,7 +17,7 @@ def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
     for name, p in named_params:
         if not p.requires_grad:
             continue  # frozen (fixed sin-cos pos-embed, an EMA teacher)
-        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
+        if p.ndim <= 1 or name.endswith(".bias") or any(part in NO_DECAY_NAMES for part in name.split(".")):
             no_decay.append(p)
         else:
             decay.append(p)

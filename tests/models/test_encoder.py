@@ -92,3 +92,45 @@ def test_xavier_init_is_maes():
     p = vit.patch_embed.proj.weight.view(64, -1)  # fan_in = 8*8*3 on the flattened patch
     assert p.abs().max() <= (6 / (64 + 192)) ** 0.5
     assert 0.01 < vit.cls_token.std() < 0.03
+
+
+def test_factorised_2d_position_embedding_is_rows_and_columns():
+    import torch
+
+    from sslvit.models.encoder import Encoder
+    from sslvit.objectives.optim import param_groups
+    from tests.conftest import tiny_encoder
+
+    enc = Encoder(tiny_encoder(pos_embed="learn_2d"))  # 4 x 4 grid, width 64
+    factors = enc.vit.parametrizations.pos_embed
+    prefix, rows, cols = factors.original0, factors.original1, factors.original2
+    assert rows.shape == (4, 32) and cols.shape == (4, 32)
+    table = enc.vit.pos_embed  # [1, 1 + 16, 64], what timm adds
+    assert torch.equal(table[0, 0], prefix[0, 0])
+    for i in range(4):
+        for j in range(4):
+            assert torch.equal(table[0, 1 + i * 4 + j], torch.cat([rows[i], cols[j]]))
+    enc(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert rows.grad is not None and cols.grad is not None
+    decay, no_decay = param_groups(enc.named_parameters(), 0.05)
+    no_decay_ids = {id(q) for q in no_decay["params"]}
+    assert all(id(f) in no_decay_ids for f in (prefix, rows, cols))  # no weight decay, as timm's table
+
+
+def test_no_position_embedding():
+    import torch
+
+    from sslvit.models.encoder import Encoder
+    from tests.conftest import tiny_encoder
+
+    enc = Encoder(tiny_encoder(pos_embed="none")).eval()
+    assert enc.vit.pos_embed is None
+    x = torch.randn(1, 3, 32, 32)
+    patches = x.clone().unfold(2, 8, 8).unfold(3, 8, 8)  # [1, 3, 4, 4, 8, 8]: (patch row, patch col, 8, 8)
+    patches[:, :, [0, 3]] = patches[:, :, [3, 0]].clone()  # swap the first and last rows of patches
+    y = patches.permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 32, 32)
+    assert not torch.equal(x, y)
+    # without positions the [class] token cannot tell where a patch was; with a learned table it can
+    torch.testing.assert_close(enc(x), enc(y), atol=1e-5, rtol=1e-5)
+    learned = Encoder(tiny_encoder(pos_embed="learn")).eval()
+    assert not torch.allclose(learned(x), learned(y), atol=1e-3)
