@@ -9,7 +9,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sslvit.data.shards import expand_urls, manifest_samples
 from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
-from sslvit.data.views import MAEView, MultiCropView, normalize
+from sslvit.data.views import MAEView, MultiCropView, eval_view, normalize
 from sslvit.errors import ConfigError
 
 Shards = Union[str, list[str]]
@@ -85,19 +85,15 @@ class ShardDataModule(LightningDataModule):
         return StreamLoader(stream, h.num_workers, epoch_of=(lambda: trainer.current_epoch) if trainer else None)
 
     def val_dataloader(self):
-        """The labelled held-out split, each sample once over all ranks, through timm's evaluation
-        transform at ``img_size`` (resize, centre crop 0.875, normalise); none without ``val_shards``.
-        Objectives without a ``validation_step`` (MAE, DINO) never read it."""
+        """The labelled held-out split, each sample once over all ranks, through the evaluation transform
+        timm resolves for the objective's backbone (as the k-NN monitor and a downstream timm user get it);
+        none without ``val_shards``.  Objectives without a ``validation_step`` (MAE, DINO) never read it."""
         h = self.hparams
         if h.val_shards is None:
             return []
-        import timm.data  # here: the shard tools need no timm
-
-        view = timm.data.create_transform(input_size=(3, h.img_size, h.img_size), crop_pct=0.875, is_training=False,
-                                          mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return self.eval_loader("val", view, h.batch_size, rank, world)
+        trainer = self.trainer  # Lightning asks for this loader only once a model is attached
+        view = eval_view(trainer.lightning_module.eval_encoder().vit)
+        return self.eval_loader("val", view, h.batch_size, trainer.global_rank, trainer.world_size)
 
     def eval_loader(self, which: str, view: Callable, batch_size: int = 256, rank: int = 0, world_size: int = 1) -> StreamLoader:
         """The ``which`` split ('train' or 'val') exactly once over ``world_size`` ranks, in order, with keys."""

@@ -103,14 +103,15 @@ class DINO(LightningModule):
         """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""
         return self.teacher.encoder
 
-    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Global crops first: [2 x [B, 3, G, G], n_local x [B, 3, L, L]] -> (loss, teacher outputs for logging)."""
+    def forward(self, crops: list[torch.Tensor], with_probs: bool = False) -> tuple[torch.Tensor, dict]:
+        """Global crops first: [2 x [B, 3, G, G], n_local x [B, 3, L, L]] -> (loss, teacher outputs for logging);
+        ``with_probs`` adds the teacher's distribution (a second softmax over [2B, K]: only on logging steps)."""
         temp = teacher_temperature(self.current_epoch, self.hparams.warmup_teacher_temp, self.hparams.teacher_temp,
                                    self.hparams.warmup_teacher_temp_epochs)
         with torch.no_grad():
             t_feats, t_out = self.teacher(crops[:N_GLOBAL])  # [2B, D], [2B, K]
         _, s_out = self.student(crops)  # [n_crops x B, K]
-        probs = self.loss.teacher_probs(t_out, temp)  # before the loss moves the center
+        probs = self.loss.teacher_probs(t_out, temp) if with_probs else None  # before the loss moves the center
         loss = self.loss(s_out, t_out, temp, n_global=N_GLOBAL)
         return loss, {"teacher_probs": probs, "teacher_feats": t_feats, "teacher_temp": temp}
 
@@ -118,10 +119,11 @@ class DINO(LightningModule):
         crops = batch["image"]
         if not isinstance(crops, list) or len(crops) <= N_GLOBAL:
             raise ConfigError("DINO trains on several crops per image: set data.view=multicrop (with data.local_crops > 0)")
-        loss, out = self(crops)
+        log_stats = self.global_step % self.trainer.log_every_n_steps == 0
+        loss, out = self(crops, with_probs=log_stats)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        if log_stats:
             stats = collapse_stats(out["teacher_probs"], out["teacher_feats"])
             stats.update(center_norm=float(self.loss.center.norm()), teacher_temp=out["teacher_temp"],
                          momentum=self.momentum(self.global_step),

@@ -50,7 +50,10 @@ class Supervised(LightningModule):
         self.hparams["encoder"] = asdict(encoder)  # plain data in checkpoints
         self.encoder = Encoder(encoder, num_classes)
         if init_from:
-            load_pretrained(self.encoder.vit, init_from)
+            try:
+                load_pretrained(self.encoder.vit, init_from)
+            except ConfigError as err:  # name the recipe key, not only the path
+                raise ConfigError(f"model.init_from: {err}") from err
         mixing = mixup_alpha > 0 or cutmix_alpha > 0
         self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing,
                            num_classes=num_classes) if mixing else None
@@ -112,4 +115,4 @@ def load_pretrained(vit: torch.nn.Module, source: str) -> None:
                                                     num_prefix_tokens=vit.num_prefix_tokens)
     missing, unexpected = vit.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
-        raise ConfigError(f"model.init_from={source!r} does not fit this encoder: missing {missing}, unexpected {unexpected}")
+        raise ConfigError(f"{source!r} does not fit this encoder: missing {missing}, unexpected {unexpected}")

@@ -71,3 +71,5 @@ def test_bad_values_name_the_key():
         Supervised(encoder=tiny_encoder(), num_classes=10, layer_decay=1.5)
     with pytest.raises(ConfigError, match="model.num_classes"):
         Supervised(encoder=tiny_encoder(), num_classes=1)
+    with pytest.raises(ConfigError, match="model.init_from: checkpoint 'nope.ckpt' does not exist"):
+        Supervised(encoder=tiny_encoder(), num_classes=10, init_from="nope.ckpt")
