@@ -76,7 +76,7 @@ def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_siz
     vit = load_backbone(source)
     materialize_pos_embed_(vit)  # a factorised 2-D table is written as timm's full table
     if img_size is not None:
-        patch = vit.patch_embed.patch_size[0]
+        patch = vit.patch_embed.feat_ratio()  # pixels per token: the patch size or a hybrid stem's stride
         if img_size <= 0 or img_size % patch:
             raise ConfigError(f"--img-size {img_size} is not a positive multiple of the patch size {patch}")
         vit.set_input_size(img_size=img_size)
@@ -85,22 +85,75 @@ def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_siz
     return out
 
 
+def export_onnx(vit: nn.Module, path: Path, atol: float = 1e-4) -> Optional[float]:
+    """Write ``vit``'s forward (images [B, C, H, W] -> what timm's ``model(x)`` gives: pooled features,
+    or logits with a head) as ONNX with a free batch axis, at the model's input size.
+
+    torch's ``torch.export`` exporter first; the TorchScript one where that fails (timm's relative-position
+    ViT).  When onnxruntime is installed, the file is run on a batch of a size it was not traced with and
+    compared with torch; returns the largest absolute difference, or None without onnxruntime.
+    """
+    import warnings
+
+    vit = vit.eval()
+    h, w = vit.patch_embed.img_size
+    example = torch.randn(2, vit.in_chans, h, w)
+    names = dict(input_names=["image"], output_names=["output"])
+    try:
+        import onnxscript  # noqa: F401  (the torch.export exporter needs it)
+    except ImportError:
+        raise ConfigError("--onnx needs the onnx extra: pip install 'sslvit[onnx]'") from None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # both exporters warn about things that do not apply to inference
+        try:
+            torch.onnx.export(vit, (example,), str(path), dynamo=True, verbose=False, report=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+        except Exception:
+            torch.onnx.export(vit, (example,), str(path), dynamo=False,
+                              dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}}, **names)
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    x = torch.randn(3, vit.in_chans, h, w)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        diff = float((torch.from_numpy(session.run(None, {"image": x.numpy()})[0]) - vit(x)).abs().max())
+    if not diff <= atol:
+        raise RuntimeError(f"{path}: onnxruntime differs from torch by {diff:.3g} (> {atol})")
+    return diff
+
+
 def timm_model_args(vit: nn.Module) -> dict:
     """The ``timm.create_model`` arguments that rebuild ``vit``'s shape on top of its registered name,
-    read from the model itself (newer timm records them too; older timm needs them spelled out)."""
+    read from the model itself (newer timm records them too; older timm needs them spelled out).
+
+    The name already says which class (VisionTransformer or the relative-position one) and, for a
+    hybrid, which ResNet stem; the arguments each class takes differ a little."""
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
+
     block = vit.blocks[0]
-    return {
+    args = {
         "num_classes": vit.num_classes,
         "img_size": list(vit.patch_embed.img_size),
-        "patch_size": vit.patch_embed.patch_size[0],
-        "in_chans": vit.patch_embed.proj.in_channels,
+        "patch_size": vit.patch_embed.patch_size[0],  # 1 for a hybrid: one token per feature-map cell
+        "in_chans": vit.in_chans,
         "embed_dim": vit.embed_dim,
         "depth": len(vit.blocks),
         "num_heads": block.attn.num_heads,
         "mlp_ratio": block.mlp.fc1.out_features / vit.embed_dim,
+        "qkv_bias": block.attn.qkv.bias is not None,
         "global_pool": vit.global_pool,
         "fc_norm": not isinstance(vit.fc_norm, nn.Identity),
         "class_token": vit.cls_token is not None,
-        "dynamic_img_size": vit.dynamic_img_size,
-        "pos_embed": "none" if vit.pos_embed is None else "learn",
     }
+    if isinstance(vit, VisionTransformerRelPos):
+        rel_pos = vit.shared_rel_pos or block.attn.rel_pos
+        kind = ("mlp_swin" if rel_pos.mode == "swin" else "mlp") if hasattr(rel_pos, "mlp") else "bias"
+        args.update(rel_pos_type=kind,
+                    shared_rel_pos=vit.shared_rel_pos is not None)
+        if hasattr(rel_pos, "mlp"):
+            args["rel_pos_dim"] = rel_pos.mlp.fc1.out_features
+    else:
+        args.update(dynamic_img_size=vit.dynamic_img_size, pos_embed="none" if vit.pos_embed is None else "learn")
+    return args

@@ -28,6 +28,9 @@ MODELS = {
                                     decoder_heads=2),
     "dino_learn_2d": lambda: DINO(encoder=tiny_encoder(pos_embed="learn_2d"), out_dim=64, hidden_dim=32, bottleneck_dim=16),
     "supervised": lambda: Supervised(encoder=tiny_encoder(drop_path_rate=0.1), num_classes=4, cutmix_alpha=0.0),
+    "supervised_rel": lambda: Supervised(encoder=tiny_encoder(pos_embed="rel"), num_classes=4, cutmix_alpha=0.0),
+    "dino_hybrid_r50": lambda: DINO(encoder=tiny_encoder(stem="r50", patch_size=16), out_dim=64, hidden_dim=32,
+                                    bottleneck_dim=16),
 }
 
 
@@ -92,14 +95,27 @@ def test_resampling_to_the_training_size_is_the_identity(checkpoints, tmp_path):
     assert plain.keys() == same.keys() and all(torch.equal(plain[k], same[k]) for k in plain)
 
 
-@pytest.mark.parametrize("name", ["mae_learn", "mae_sincos_avg"])
-def test_resampling_to_a_new_size_interpolates_the_position_table(name, checkpoints, tmp_path):
+@pytest.mark.parametrize("name, grid", [("mae_learn", 4), ("mae_sincos_avg", 4), ("dino_hybrid_r50", 2)])
+def test_resampling_to_a_new_size_interpolates_the_position_table(name, grid, checkpoints, tmp_path):
     ckpt, model = checkpoints[name]
-    folder = export_backbone(ckpt, tmp_path / "big", img_size=48)
-    assert json.loads((folder / "config.json").read_text())["model_args"]["img_size"] == [48, 48]
+    stride = 32 // grid
+    folder = export_backbone(ckpt, tmp_path / "big", img_size=48 if stride == 8 else 64)
+    new = 48 // stride if stride == 8 else 64 // stride
+    assert json.loads((folder / "config.json").read_text())["model_args"]["img_size"] == [new * stride] * 2
     vit = load_backbone(folder)
-    table = model.eval_encoder().vit.pos_embed.detach()  # [1, 1 + 16, D]
-    assert_close(vit.pos_embed.detach(), resample_abs_pos_embed(table, new_size=(6, 6), num_prefix_tokens=1))
+    table = model.eval_encoder().vit.pos_embed.detach()  # [1, 1 + grid^2, D]
+    assert_close(vit.pos_embed.detach(), resample_abs_pos_embed(table, new_size=(new, new), num_prefix_tokens=1))
+    assert vit.forward_features(torch.randn(1, 3, new * stride, new * stride)).shape == (1, 1 + new * new, 64)
+
+
+def test_relative_position_export_resizes_without_changing_a_weight(checkpoints, tmp_path):
+    """timm's relative-position bias comes from an MLP on relative offsets, so a new size needs no
+    resampling: the same weights, a larger grid of offsets."""
+    ckpt, model = checkpoints["supervised_rel"]
+    vit = load_backbone(export_backbone(ckpt, tmp_path / "big", img_size=48))
+    trained = model.encoder.vit.state_dict()
+    assert vit.state_dict().keys() == trained.keys()
+    assert all(torch.equal(v, trained[k]) for k, v in vit.state_dict().items())
     assert vit.forward_features(torch.randn(1, 3, 48, 48)).shape == (1, 1 + 36, 64)
 
 
@@ -123,3 +139,15 @@ def test_command_line(checkpoints, tmp_path, capsys):
         assert main(args) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("export_backbone: error:") and culprit in lines[0], lines
+
+
+@pytest.mark.parametrize("name", ["supervised", "supervised_rel", "dino_hybrid_r50"])
+def test_onnx_export_matches_torch(name, checkpoints, tmp_path, capsys):
+    """The ONNX file gives the features plain timm gives, at a batch size it was not traced with."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    ckpt, _ = checkpoints[name]
+    assert tool_main()([str(ckpt), str(tmp_path / "out"), "--onnx"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"{tmp_path / 'out' / 'model.onnx'}: max |onnxruntime - torch| = "), first
+    assert float(first.rsplit("= ", 1)[1]) <= 1e-4

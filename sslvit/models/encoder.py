@@ -37,6 +37,16 @@ TIMM_NAMES = {
     "large": "vit_large_patch16_224",
     "huge": "vit_huge_patch14_224",
 }
+# Relative position (timm's VisionTransformerRelPos: a per-head attention bias from an MLP on log-spaced
+# relative coordinates, no absolute table), named by the nearest registered size.
+RELPOS_NAMES = {size: "vit_relpos_small_patch16_224" if size in ("tiny", "small") else "vit_relpos_base_patch16_224"
+                for size in SIZES}
+# Hybrid stems: a ResNet-v2 feature map, one token per feature-map cell (ViT paper Sec. 3.1, "Hybrid
+# Architecture").  The registered name carries the ResNet's layers; the value is the stem's stride in pixels.
+HYBRID_STEMS = {
+    "r50": ("vit_base_r50_s16_224", 16),  # the paper's R50: stage 4 removed, stage 3 with 9 blocks
+    "r26": ("vit_small_r26_s32_224", 32),  # timm's R26 (AugReg hybrids)
+}
 
 
 @dataclass
@@ -48,8 +58,11 @@ class EncoderConfig:
     img_size: int = 224
     in_chans: int = 3
     # learned 1-D (ViT's default), fixed 2-D sin-cos (MAE's), learned 2-D factorised into rows and columns,
-    # or none: the ViT paper's ablation (App. D.4, Tab. 8)
-    pos_embed: Literal["learn", "sincos", "learn_2d", "none"] = "learn"
+    # none, or relative (an attention bias from relative offsets): the ViT paper's ablation (App. D.4, Tab. 8)
+    pos_embed: Literal["learn", "sincos", "learn_2d", "none", "rel"] = "learn"
+    # "patch": linear patch embedding; "r50"/"r26": a ResNet-v2 feature map as the tokens (hybrid ViT),
+    # patch_size then is the stem's stride (16 for r50, 32 for r26)
+    stem: Literal["patch", "r50", "r26"] = "patch"
     global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
     drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
     dropout: float = 0.0  # after the position embedding and every dense layer but qkv (ViT paper: 0.1 on ImageNet)
@@ -75,6 +88,17 @@ class EncoderConfig:
             raise ConfigError(f"encoder.pos_embed='sincos' needs embed_dim divisible by 4, got {width}")
         if self.pos_embed == "learn_2d" and width % 2:
             raise ConfigError(f"encoder.pos_embed='learn_2d' needs an even embed_dim, got {width}")
+        if self.stem != "patch":
+            if self.stem not in HYBRID_STEMS:
+                raise ConfigError(f"encoder.stem={self.stem!r} is not one of {['patch', *HYBRID_STEMS]}")
+            stride = HYBRID_STEMS[self.stem][1]
+            if self.patch_size != stride:
+                raise ConfigError(f"encoder.stem={self.stem!r} has a stride of {stride}: set encoder.patch_size={stride}")
+        if self.pos_embed == "rel":
+            if self.stem != "patch":
+                raise ConfigError(f"encoder.pos_embed='rel' takes only encoder.stem='patch', got {self.stem!r}")
+            if self.dynamic_img_size:  # timm's relative-position ViT sizes its bias table once, for one grid
+                raise ConfigError("encoder.pos_embed='rel' cannot take encoder.dynamic_img_size=true")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -85,8 +109,7 @@ class EncoderConfig:
 def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
     """timm VisionTransformer for ``cfg``; ``num_classes=0`` leaves no head."""
     width, depth, heads = cfg.shape
-    vit = timm.create_model(
-        TIMM_NAMES[cfg.size],
+    args = dict(
         pretrained=False,
         num_classes=num_classes,
         img_size=cfg.img_size,
@@ -96,14 +119,12 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         depth=depth,
         num_heads=heads,
         mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=True,  # the ViT paper's; timm's relative-position models default to none
         global_pool=cfg.global_pool,
         fc_norm=False,  # keep the final LayerNorm on every token, also for mean pooling (MAE, DINO)
         class_token=True,
         drop_path_rate=cfg.drop_path_rate,
         proj_drop_rate=cfg.dropout,
-        pos_drop_rate=cfg.dropout,
-        dynamic_img_size=cfg.dynamic_img_size,
-        pos_embed="none" if cfg.pos_embed == "none" else "learn",
         pretrained_cfg_overlay=dict(
             input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
             mean=IMAGENET_DEFAULT_MEAN,
@@ -112,6 +133,17 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
             num_classes=num_classes,
         ),
     )
+    if cfg.pos_embed == "rel":
+        name = RELPOS_NAMES[cfg.size]
+        args.update(rel_pos_type="mlp")  # log-spaced offsets through an MLP: any grid size, so fine-tuning can resize
+    else:
+        name = TIMM_NAMES[cfg.size]
+        args.update(pos_drop_rate=cfg.dropout, dynamic_img_size=cfg.dynamic_img_size,
+                    pos_embed="none" if cfg.pos_embed == "none" else "learn")
+        if cfg.stem != "patch":
+            name = HYBRID_STEMS[cfg.stem][0]
+            args.update(patch_size=1)  # one token per cell of the ResNet's feature map
+    vit = timm.create_model(name, **args)
     if cfg.weight_init == "xavier":
         xavier_init_(vit)
     if cfg.pos_embed == "sincos":
@@ -146,7 +178,8 @@ class Encoder(nn.Module):
 
     @property
     def patch_size(self) -> int:
-        return self.vit.patch_embed.patch_size[0]
+        """Pixels per token side: the patch size, or a hybrid stem's stride."""
+        return self.vit.patch_embed.feat_ratio()
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -66,6 +66,9 @@ class DINO(LightningModule):
         super().__init__()
         if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
             encoder = EncoderConfig(**encoder)
+        if encoder.pos_embed == "rel":
+            raise ConfigError("encoder.pos_embed='rel' does not work with DINO: timm's relative-position bias is "
+                              "built for one grid, and the local crops have another")
         encoder = replace(encoder, dynamic_img_size=True)  # local crops need the position embedding resampled
         for key, value in {"out_dim": out_dim, "hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim,
                            "teacher_temp": teacher_temp, "warmup_teacher_temp": warmup_teacher_temp,

@@ -42,6 +42,11 @@ class MAE(LightningModule):
         super().__init__()
         if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
             encoder = EncoderConfig(**encoder)
+        if encoder.pos_embed == "rel" or encoder.stem != "patch":
+            # MAE encodes a subset of patch tokens: a ResNet stem would see the masked pixels, and timm's
+            # relative-position bias is built for the full grid
+            which = f"encoder.stem={encoder.stem!r}" if encoder.stem != "patch" else "encoder.pos_embed='rel'"
+            raise ConfigError(f"{which} does not work with MAE, which encodes only the visible patches")
         if not 0.0 < mask_ratio < 1.0:
             raise ConfigError(f"model.mask_ratio={mask_ratio} must be in (0, 1)")
         for key, value in {"decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads}.items():
@@ -99,15 +104,26 @@ class MAE(LightningModule):
     @torch.no_grad()
     def save_reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> Path:
         """Rows: original | masked | reconstruction (visible patches pasted back), as in the paper's Fig. 2."""
-        n, p = min(self.hparams.recon_samples, imgs.shape[0]), self.encoder.patch_size
-        imgs, pred, mask = imgs[:n].float(), pred[:n].float(), mask[:n, :, None].float()  # mask [n, N, 1]
-        target = patchify(imgs, p)  # [n, N, p*p*C]
-        if self.hparams.norm_pix_loss:  # predictions are in per-patch normalised units: undo with the target's stats
-            mean, std = target.mean(-1, keepdim=True), (target.var(-1, keepdim=True) + 1e-6) ** 0.5
-            pred = pred * std + mean
-        grid, c = self.encoder.grid_size, imgs.shape[1]
-        masked = unpatchify(target * (1 - mask), p, grid, c)
-        recon = unpatchify(target * (1 - mask) + pred * mask, p, grid, c)
+        n = min(self.hparams.recon_samples, imgs.shape[0])
+        imgs = imgs[:n].float()
+        masked, recon = reconstruction_images(imgs, pred[:n], mask[:n], self.encoder.patch_size, self.hparams.norm_pix_loss)
         rows = [denormalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) for x in (imgs, masked, recon)]
         path = Path(self.trainer.default_root_dir) / "figures" / f"mae_reconstruction_step{self.global_step:07d}.png"
         return save_rows(rows, path, image_logger(self.trainer), "mae/reconstruction", self.global_step)
+
+
+def reconstruction_images(
+    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, C, H, W] images, [B, N, p*p*C] predictions, [B, N] mask -> (masked, reconstruction), both
+    [B, C, H, W] in the images' units: the visible patches alone, and with the masked ones predicted."""
+    p, c = patch_size, imgs.shape[1]
+    imgs, pred, mask = imgs.float(), pred.float(), mask[:, :, None].float()  # mask [B, N, 1]
+    target = patchify(imgs, p)  # [B, N, p*p*C]
+    if norm_pix:  # predictions are in per-patch normalised units: undo with the target's stats
+        mean, std = target.mean(-1, keepdim=True), (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+        pred = pred * std + mean
+    grid = (imgs.shape[-2] // p, imgs.shape[-1] // p)
+    masked = unpatchify(target * (1 - mask), p, grid, c)
+    recon = unpatchify(target * (1 - mask) + pred * mask, p, grid, c)
+    return masked, recon

@@ -77,6 +77,10 @@ def test_visible_subset_keeps_class_token_and_kept_count():
         (dict(img_size=30, patch_size=8), "patch_size=8"),
         (dict(size="gigantic"), "gigantic"),
         (dict(embed_dim=66, num_heads=4), "embed_dim=66"),
+        (dict(stem="r50", patch_size=8), "stride of 16: set encoder.patch_size=16"),
+        (dict(stem="r26", patch_size=16, img_size=64), "stride of 32: set encoder.patch_size=32"),
+        (dict(pos_embed="rel", stem="r50", patch_size=16), "encoder.pos_embed='rel' takes only encoder.stem='patch'"),
+        (dict(pos_embed="rel", dynamic_img_size=True), "dynamic_img_size"),
     ],
 )
 def test_bad_shapes_name_the_key(kwargs, culprit):
@@ -134,3 +138,49 @@ def test_no_position_embedding():
     torch.testing.assert_close(enc(x), enc(y), atol=1e-5, rtol=1e-5)
     learned = Encoder(tiny_encoder(pos_embed="learn")).eval()
     assert not torch.allclose(learned(x), learned(y), atol=1e-3)
+
+
+def test_relative_position_vit_is_timms_with_a_bias_per_offset():
+    import torch
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
+
+    from sslvit.models.encoder import Encoder
+    from tests.conftest import tiny_encoder
+
+    enc = Encoder(tiny_encoder(pos_embed="rel")).eval()
+    assert isinstance(enc.vit, VisionTransformerRelPos) and not hasattr(enc.vit, "pos_embed")
+    assert enc.vit.blocks[0].attn.qkv.bias is not None  # the ViT paper's qkv bias, not timm's relpos default
+    x = torch.randn(2, 3, 32, 32)
+    assert enc.forward_tokens(x).shape == (2, 1 + 16, 64) and enc(x).shape == (2, 64)
+    bias = enc.vit.blocks[0].attn.rel_pos.get_bias()  # [1, heads, 1 + N, 1 + N]
+    assert bias.shape == (1, 2, 17, 17)
+    # one value per relative offset: patches (0,0)->(1,1) and (2,2)->(3,3) share a bias
+    grid = lambda r, c: 1 + 4 * r + c  # noqa: E731
+    torch.testing.assert_close(bias[0, :, grid(0, 0), grid(1, 1)], bias[0, :, grid(2, 2), grid(3, 3)])
+    assert not torch.allclose(bias[0, :, grid(0, 0), grid(1, 1)], bias[0, :, grid(0, 0), grid(3, 3)])
+
+
+@pytest.mark.parametrize("stem, stride", [("r50", 16), ("r26", 32)])
+def test_hybrid_stem_makes_a_token_per_resnet_feature_cell(stem, stride):
+    import torch
+    from timm.layers import HybridEmbed
+
+    from sslvit.models.encoder import Encoder
+    from tests.conftest import tiny_encoder
+
+    enc = Encoder(tiny_encoder(stem=stem, patch_size=stride, img_size=64))
+    assert isinstance(enc.vit.patch_embed, HybridEmbed)
+    assert enc.patch_size == stride and enc.grid_size == (64 // stride,) * 2
+    assert enc.forward_tokens(torch.randn(1, 3, 64, 64)).shape == (1, 1 + (64 // stride) ** 2, 64)
+
+
+def test_mae_and_dino_refuse_the_variants_they_cannot_train():
+    from sslvit.objectives import DINO, MAE
+    from tests.conftest import tiny_encoder
+
+    with pytest.raises(ConfigError, match="encoder.stem='r50' does not work with MAE"):
+        MAE(encoder=tiny_encoder(stem="r50", patch_size=16))
+    with pytest.raises(ConfigError, match="encoder.pos_embed='rel' does not work with MAE"):
+        MAE(encoder=tiny_encoder(pos_embed="rel"))
+    with pytest.raises(ConfigError, match="encoder.pos_embed='rel' does not work with DINO"):
+        DINO(encoder=tiny_encoder(pos_embed="rel"))

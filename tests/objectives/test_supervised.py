@@ -53,16 +53,30 @@ def test_layer_decay_gives_each_block_its_multiplier():
     assert scale_of["norm.weight"] == pytest.approx(0.75)
 
 
-def test_fine_tuning_from_an_export_at_a_new_resolution(tmp_path):
-    source = Encoder(tiny_encoder(pos_embed="learn"))
+@pytest.mark.parametrize("variant", [dict(pos_embed="learn"), dict(stem="r50", patch_size=16)])
+def test_fine_tuning_from_an_export_at_a_new_resolution(variant, tmp_path):
+    source = Encoder(tiny_encoder(**variant))
     ckpt = tmp_path / "src.ckpt"
     state = {f"encoder.{k}": v for k, v in source.state_dict().items()}
     torch.save({"state_dict": state, "sslvit_backbone": {"prefix": "encoder.", "encoder": vars(source.cfg)}}, ckpt)
     folder = export_backbone(ckpt, tmp_path / "export")
-    model = Supervised(encoder=tiny_encoder(img_size=48), num_classes=7, init_from=str(folder))
+    model = Supervised(encoder=tiny_encoder(**{**variant, "img_size": 48}), num_classes=7, init_from=str(folder))
     vit = model.encoder.vit
     assert_close(vit.blocks[1].mlp.fc2.weight, source.vit.blocks[1].mlp.fc2.weight)
-    assert_close(vit.pos_embed, resample_abs_pos_embed(source.vit.pos_embed, new_size=[6, 6], num_prefix_tokens=1))
+    grid = list(vit.patch_embed.grid_size)  # 6 x 6 patches of 8, or 3 x 3 cells of the R50's stride 16
+    assert_close(vit.pos_embed, resample_abs_pos_embed(source.vit.pos_embed, new_size=grid, num_prefix_tokens=1))
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)
+
+
+def test_fine_tuning_a_relative_position_export_at_a_new_resolution(tmp_path):
+    source = Encoder(tiny_encoder(pos_embed="rel"))
+    ckpt = tmp_path / "src.ckpt"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in source.state_dict().items()},
+                "sslvit_backbone": {"prefix": "encoder.", "encoder": vars(source.cfg)}}, ckpt)
+    model = Supervised(encoder=tiny_encoder(pos_embed="rel", img_size=48), num_classes=7,
+                       init_from=str(export_backbone(ckpt, tmp_path / "export")))
+    mlp = model.encoder.vit.blocks[0].attn.rel_pos.mlp  # the offsets' MLP carries over: no table to resample
+    assert_close(mlp.fc1.weight, source.vit.blocks[0].attn.rel_pos.mlp.fc1.weight)
     assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)
 
 
