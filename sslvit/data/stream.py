@@ -94,10 +94,10 @@ def label_of(sample: dict) -> int:
 
 
 def apply_view(sample: dict, view: Callable) -> tuple:
-    """(view output, label, key). Our training views decode lazily themselves (``takes_undecoded``)."""
+    """(view output, label, key, shard URL). Our training views decode lazily themselves (``takes_undecoded``)."""
     img = open_image(sample)
     out = view(img) if getattr(view, "takes_undecoded", False) else view(load_rgb(img))
-    return out, label_of(sample), sample["__key__"]
+    return out, label_of(sample), sample["__key__"], sample.get("__url__", "")
 
 
 def stack(images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -113,6 +113,7 @@ def collate(items: list[tuple], skips: Skips) -> dict:
         "image": image,  # [B, 3, H, W], or a list of them (multi-crop)
         "label": torch.tensor([it[1] for it in items]),  # -1 where unlabelled
         "key": [it[2] for it in items],
+        "url": [it[3] for it in items],  # the shard of each sample: keys are unique only within a shard
         "skipped": skips.take(),
     }
 

@@ -2,6 +2,12 @@
 
 The quick-start recipes use it for their final report: top-1 of the backbone at random
 init (before the first step) and after training, with the same features and protocol.
+
+Every rank takes part: each extracts its share of both splits (the exact-once ``EvalStream``: every
+sample once over ranks and workers), the train split's features are gathered to every rank as the
+bank, each rank classifies its own share of the queries in chunks, and torchmetrics sums the counts
+over ranks.  Memory per rank is the bank plus one chunk of queries; the result is the same on every
+rank and for any number of ranks.
 """
 
 from pathlib import Path
@@ -10,8 +16,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from sslvit.data.views import eval_view
-from sslvit.eval.features import extract_features
-from sslvit.eval.knn import knn_top1
+from sslvit.eval.features import extract_features, gather_features
+from sslvit.eval.knn import build_index, knn_evaluate
 from sslvit.summary import update_summary
 
 
@@ -31,28 +37,33 @@ class KNNMonitor(Callback):
         self.random_init_top1 = None  # kept in checkpoints, so a resumed run still reports it
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> float:
-        backbone = pl_module.eval_encoder()
-        view = eval_view(backbone.vit)
-        dm = trainer.datamodule
-        bank = extract_features(backbone, dm.eval_loader("train", view, self.batch_size), pl_module.device)
-        query = extract_features(backbone, dm.eval_loader("val", view, self.batch_size), pl_module.device)
-        return knn_top1(bank.feats, bank.labels, query.feats, query.labels, self.k, self.temperature)
+        """Top-1 over the whole held-out split; call it on every rank (it gathers and reduces)."""
+        vit = pl_module.eval_encoder().vit
+        view = eval_view(vit)
+        dm, device = trainer.datamodule, pl_module.device
+        rank, world = trainer.global_rank, trainer.world_size
+        bank = gather_features(extract_features(vit, dm.eval_loader("train", view, self.batch_size, rank, world), device))
+        queries = extract_features(vit, dm.eval_loader("val", view, self.batch_size, rank, world), device)  # this rank's
+        index = build_index(bank.feats, gpu=device.index if device.type == "cuda" else None)  # (with faiss-gpu) this rank's GPU
+        result = knn_evaluate(bank.feats, bank.labels, queries.feats, queries.labels, [self.k], self.temperature, index=index)
+        return result[self.k]["top1"]
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.compare_random_init and self.random_init_top1 is None and trainer.global_step == 0:
-            if trainer.is_global_zero:
-                self.random_init_top1 = self.evaluate(trainer, pl_module)
-                rank_zero_info(f"k-NN top-1 (k={self.k}) at random init: {self.random_init_top1:.4f}")
+            self.random_init_top1 = self.evaluate(trainer, pl_module)
+            rank_zero_info(f"k-NN top-1 (k={self.k}) at random init: {self.random_init_top1:.4f}")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         n = self.every_n_epochs
-        if n and (trainer.current_epoch + 1) % n == 0 and trainer.is_global_zero:
-            pl_module.log("knn_top1", self.evaluate(trainer, pl_module), rank_zero_only=True)
+        if n and (trainer.current_epoch + 1) % n == 0:
+            top1 = self.evaluate(trainer, pl_module)
+            pl_module.log("knn_top1", top1)  # the same on every rank: nothing to reduce
+            rank_zero_info(f"k-NN top-1 (k={self.k}) after epoch {trainer.current_epoch}: {top1:.4f}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        top1 = self.evaluate(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        top1 = self.evaluate(trainer, pl_module)
         values = {"knn_top1": top1}
         if self.random_init_top1 is not None:
             values["knn_top1_random_init"] = self.random_init_top1
