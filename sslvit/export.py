@@ -106,7 +106,9 @@ def export_onnx(vit: nn.Module, path: Path, atol: float = 1e-4) -> Optional[floa
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # both exporters warn about things that do not apply to inference
         try:
+            size = sum(t.numel() * t.element_size() for t in vit.state_dict().values())
             torch.onnx.export(vit, (example,), str(path), dynamo=True, verbose=False, report=False,
+                              external_data=size > 1.8e9,  # one file below protobuf's 2 GiB limit
                               dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
         except Exception:
             torch.onnx.export(vit, (example,), str(path), dynamo=False,

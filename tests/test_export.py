@@ -151,3 +151,4 @@ def test_onnx_export_matches_torch(name, checkpoints, tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"{tmp_path / 'out' / 'model.onnx'}: max |onnxruntime - torch| = "), first
     assert float(first.rsplit("= ", 1)[1]) <= 1e-4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.onnx", "model.safetensors"]
