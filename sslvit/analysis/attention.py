@@ -32,21 +32,26 @@ INFERNO = torch.tensor([
 
 
 @contextmanager
-def captured_attention(vit: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Inside: ``vit`` in eval mode, its last block's attention unfused, and each softmax that block
-    computes ([B, heads, T, T]) appended to the yielded list.  Afterwards all is as it was."""
-    attn = vit.blocks[-1].attn
+def captured_attention(vit: nn.Module, blocks: Sequence[int] = (-1,)) -> Iterator[list[list[torch.Tensor]]]:
+    """Inside: ``vit`` in eval mode, the attention of each of ``blocks`` (indices into ``vit.blocks``;
+    the last one by default) unfused, and each softmax such a block computes ([B, heads, T, T])
+    appended to that block's list in the yielded list of lists.  Afterwards all is as it was."""
+    attns = [vit.blocks[i].attn for i in blocks]
     modes = [(m, m.training) for m in vit.modules()]  # per module: a frozen part may be kept in eval on purpose
-    fused = attn.fused_attn
-    captured: list[torch.Tensor] = []
-    handle = attn.attn_drop.register_forward_hook(lambda module, args, out: captured.append(out))
+    fused = [attn.fused_attn for attn in attns]
+    captured: list[list[torch.Tensor]] = [[] for _ in attns]
+    handles = [attn.attn_drop.register_forward_hook(lambda module, args, out, seen=seen: seen.append(out))
+               for attn, seen in zip(attns, captured)]
     try:
-        attn.fused_attn = False  # fused SDPA never materialises the probabilities
+        for attn in attns:
+            attn.fused_attn = False  # fused SDPA never materialises the probabilities
         vit.eval()  # no dropout on the probabilities, no stochastic depth
         yield captured
     finally:
-        handle.remove()
-        attn.fused_attn = fused
+        for handle in handles:
+            handle.remove()
+        for attn, flag in zip(attns, fused):
+            attn.fused_attn = flag
         for module, training in modes:
             module.training = training
 
@@ -59,7 +64,7 @@ def cls_attention(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise ValueError("the backbone has no [class] token to take the attention of")
     images = images.to(next(vit.parameters()))  # the backbone's device and dtype
     gh, gw = vit.patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))  # this input's grid, also for dynamic sizes
-    with captured_attention(vit) as captured:
+    with captured_attention(vit) as (captured,):
         vit.forward_features(images)
     probs = captured[-1]  # [B, heads, T, T], T = prefix + gh * gw
     cls = probs[:, :, 0, vit.num_prefix_tokens:]  # [B, heads, gh * gw]
@@ -93,9 +98,13 @@ def attention_figure(
     logger: Optional[object] = None,
     tag: str = "",
     step: int = 0,
+    scale: int = 1,
 ) -> Path:
-    """A PNG with one row per image: the image, each head's map, and the heads' mean laid over the image."""
+    """A PNG with one row per image: the image, each head's map, and the heads' mean laid over the image;
+    ``scale`` > 1 draws every tile that many times larger (pixel blocks), for small inputs."""
     images = denormalize(images.float().cpu(), mean, std)  # [B, 3, H, W] in [0, 1]
+    if scale > 1:
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")  # [B, 3, H * scale, W * scale]
     b, heads = attn.shape[:2]
     size = tuple(images.shape[-2:])
     maps = torch.cat([attn, attn.mean(1, keepdim=True)], 1).float().cpu()  # [B, heads + 1, gh, gw]
@@ -108,11 +117,12 @@ def attention_figure(
 
 def save_attention_maps(
     vit: nn.Module, images: torch.Tensor, path: Union[str, Path], logger: Optional[object] = None,
-    tag: str = "attention/cls", step: int = 0,
+    tag: str = "attention/cls", step: int = 0, scale: int = 1,
 ) -> Path:
     """``cls_attention`` of ``images`` ([B, 3, H, W], normalised as ``eval_view(vit)`` does) drawn into ``path``."""
     stats = timm.data.resolve_data_config({}, model=vit)  # the mean and std eval_view normalised with
-    return attention_figure(images, cls_attention(vit, images), path, stats["mean"], stats["std"], logger, tag, step)
+    attn = cls_attention(vit, images)
+    return attention_figure(images, attn, path, stats["mean"], stats["std"], logger, tag, step, scale)
 
 
 class AttentionMaps(Callback):

@@ -1,7 +1,6 @@
 """[class]-token attention maps: recomputed from the block's own weights, the hooks cleaned up, the
 callback in a real fit, and the command-line tool on that fit's checkpoint."""
 
-import importlib.util
 import subprocess
 import sys
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from sslvit.data.datamodule import ShardDataModule
 from sslvit.fit import main as fit
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import MAE
+from tests.analysis.conftest import exit_status, load_tool
 from tests.conftest import tiny_encoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,10 +161,7 @@ def test_command_line_draws_a_checkpoint_and_names_a_missing_one(fitted, tiny_sh
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("attention_maps", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("attention_maps")
 
 
 @pytest.mark.parametrize("problem", ["image", "unreadable", "shards", "nothing", "out"])
@@ -179,10 +176,7 @@ def test_user_mistakes_are_one_line_naming_them(tool, fitted, tmp_path, capsys, 
         "nothing": ([], "--image"),
         "out": (["--image", str(bad), "--out", str(tmp_path / "x.figure")], "x.figure"),
     }[problem]
-    try:
-        status = tool.main(["--backbone", ckpt, "--out", str(out), *args])  # a later --out wins
-    except SystemExit as stop:  # argparse's own errors
-        status = stop.code
+    status = exit_status(tool, ["--backbone", ckpt, "--out", str(out), *args])  # a later --out wins
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith("attention_maps: error:") and culprit in lines[0]
