@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sslvit.errors import ConfigError
+
 GATHER_ROWS = 65536  # rows per all_gather: bounds the transient device memory to ranks x rows x D
 
 
@@ -38,6 +40,12 @@ class FeatureSpec:
     @property
     def name(self) -> str:
         return "pooled" if not self.blocks else f"cls_last{self.blocks}" + ("+avgpool" if self.avgpool else "")
+
+    def check(self, vit: nn.Module) -> None:
+        if self.blocks and not getattr(vit, "num_prefix_tokens", 0):
+            raise ConfigError(f"{self.name} features need a [class] token and this backbone has none: use its pooled feature")
+        if self.blocks > len(vit.blocks):
+            raise ConfigError(f"{self.name} features: the backbone has only {len(vit.blocks)} blocks")
 
     def dim(self, vit: nn.Module) -> int:
         return vit.num_features if not self.blocks else vit.embed_dim * (self.blocks + self.avgpool)

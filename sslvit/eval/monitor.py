@@ -12,8 +12,10 @@ rank and for any number of ranks.
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from sslvit.data.views import eval_view
 from sslvit.eval.features import extract_features, gather_features
@@ -40,13 +42,10 @@ class KNNMonitor(Callback):
         """Top-1 over the whole held-out split; call it on every rank (it gathers and reduces)."""
         vit = pl_module.eval_encoder().vit
         view = eval_view(vit)
-        dm, device = trainer.datamodule, pl_module.device
-        rank, world = trainer.global_rank, trainer.world_size
-        bank = gather_features(extract_features(vit, dm.eval_loader("train", view, self.batch_size, rank, world), device))
-        queries = extract_features(vit, dm.eval_loader("val", view, self.batch_size, rank, world), device)  # this rank's
-        index = build_index(bank.feats, gpu=device.index if device.type == "cuda" else None)  # (with faiss-gpu) this rank's GPU
-        result = knn_evaluate(bank.feats, bank.labels, queries.feats, queries.labels, [self.k], self.temperature, index=index)
-        return result[self.k]["top1"]
+        dm, rank, world = trainer.datamodule, trainer.global_rank, trainer.world_size
+        bank = dm.eval_loader("train", view, self.batch_size, rank, world)
+        queries = dm.eval_loader("val", view, self.batch_size, rank, world)
+        return held_out_top1(vit, bank, queries, pl_module.device, self.k, self.temperature)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.compare_random_init and self.random_init_top1 is None and trainer.global_step == 0:
@@ -78,3 +77,12 @@ class KNNMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.random_init_top1 = state_dict.get("random_init_top1")
+
+
+def held_out_top1(vit: nn.Module, bank_loader, query_loader, device: torch.device, k: int, temperature: float) -> float:
+    """k-NN top-1 of the queries against the bank, both loaders this rank's share of an exact-once
+    stream; the same figure on every rank."""
+    bank = gather_features(extract_features(vit, bank_loader, device))
+    queries = extract_features(vit, query_loader, device)  # this rank's share only
+    index = build_index(bank.feats, gpu=device.index if device.type == "cuda" else None)  # (faiss-gpu) this rank's GPU
+    return knn_evaluate(bank.feats, bank.labels, queries.feats, queries.labels, [k], temperature, index=index)[k]["top1"]

@@ -1,0 +1,130 @@
+"""Extracted features on disk, keyed by what they are a function of, so repeated evaluations reuse them.
+
+The key is a SHA-256 over: the backbone's files (a checkpoint, or every file of an export folder) by
+resolved path, size and modification time; every shard URL, and for local shards their size and
+modification time; the evaluation transform (its ``repr``: sizes, interpolation, crop, mean and std);
+which features (``FeatureSpec.name``); and ``VERSION`` of the extraction code.  Rewriting a checkpoint
+or a shard changes its modification time, so the key changes and the features are extracted again.
+Remote shards (``pipe:``, http) are keyed by URL alone: pass ``--no-cache`` after changing one in place.
+
+A cache entry is ``<key>.pt`` (``feats``, ``labels``, ``keys``, ``skipped``; read with
+``weights_only=True``) and ``<key>.json`` saying what it holds, both written atomically.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+
+from sslvit.data.shards import REMOTE_PREFIXES
+from sslvit.eval.features import Features, FeatureSpec, collective_device, distributed
+
+VERSION = 1  # bump when extraction changes what it computes
+
+
+def default_cache_dir() -> Path:
+    """``$SSLVIT_CACHE/features`` (``~/.cache/sslvit/features``), beside the embedded digits."""
+    from sslvit.data.digits import cache_root
+
+    return cache_root() / "features"
+
+
+def file_stamp(path: Union[str, Path]) -> list:
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def backbone_stamp(path: Union[str, Path]) -> list:
+    """Path, size and mtime of the checkpoint, or of each file of an export folder."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [file_stamp(p) for p in files]
+
+
+def shard_stamp(url: str) -> list:
+    local = url[len("file:"):] if url.startswith("file:") else url
+    return [url] if url.startswith(REMOTE_PREFIXES) or not os.path.isfile(local) else [url, *file_stamp(local)[1:]]
+
+
+def cache_key(backbone: Union[str, Path], urls: Sequence[str], transform: Callable, spec: FeatureSpec) -> str:
+    what = {
+        "version": VERSION,
+        "backbone": backbone_stamp(backbone),
+        "shards": [shard_stamp(u) for u in urls],
+        "transform": repr(transform),
+        "features": spec.name,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, folder: Union[str, Path]) -> None:
+        self.folder = Path(folder).expanduser()
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def load(self, key: str) -> Optional[Features]:
+        """The entry, or None when there is none or it cannot be read (then it is extracted again)."""
+        try:
+            d = torch.load(self.path(key), map_location="cpu", weights_only=True)
+            return Features(d["feats"], d["labels"], list(d["keys"]), int(d["skipped"]))
+        except Exception:  # missing, truncated, foreign (torch.load raises many kinds): a miss, extracted again
+            return None
+
+    def save(self, key: str, features: Features, about: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        entry = dict(features._asdict())
+        _atomic(self.path(key), lambda f: torch.save(entry, f))
+        about = {**about, "rows": len(features.keys), "dim": features.feats.shape[1], "skipped": features.skipped,
+                 "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _atomic(self.folder / f"{key}.json", lambda f: f.write(json.dumps(about, indent=1).encode()))
+        return self.path(key)
+
+
+def _atomic(path: Path, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def everywhere(flag: bool) -> bool:
+    """True only when ``flag`` is true on every rank: ranks must agree to extract, which is collective."""
+    if not distributed():
+        return flag
+    t = torch.tensor(int(flag), device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def cached_features(
+    cache: Optional[FeatureCache],  # None: always extract (--no-cache)
+    backbone: Union[str, Path],
+    urls: Sequence[str],
+    transform: Callable,
+    spec: FeatureSpec,
+    extract: Callable[[], Features],  # this rank's share, gathered to all ranks
+) -> tuple[Features, bool]:
+    """(features, whether they came from the cache).  Rank 0 writes the entry."""
+    if cache is None:
+        return extract(), False
+    key = cache_key(backbone, urls, transform, spec)
+    found = cache.load(key)
+    if everywhere(found is not None):
+        return found, True
+    features = extract()
+    if not distributed() or dist.get_rank() == 0:
+        about = {"backbone": str(backbone), "shards": list(urls), "transform": repr(transform), "features": spec.name}
+        cache.save(key, features, about)
+    return features, False

@@ -1,0 +1,81 @@
+"""What the evaluation tools share: a backbone, and the features of its labelled train and val shards,
+from the feature cache or extracted (batched, no grad, the backbone's timm evaluation transform)."""
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from sslvit.cli import at_least
+from sslvit.data.shards import expand_urls
+from sslvit.data.stream import EvalStream, StreamLoader
+from sslvit.data.views import eval_view
+from sslvit.errors import ConfigError
+from sslvit.eval.cache import FeatureCache, cached_features, default_cache_dir
+from sslvit.eval.features import Features, FeatureSpec, extract_features, gather_features
+from sslvit.export import load_backbone
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True, metavar="PATH", help="a checkpoint written by sslvit.fit, or an export folder")
+    p.add_argument("--train", required=True, nargs="+", metavar="SHARDS",
+                   help="labelled shards of the bank / training split (files, brace patterns, URLs, digits:train)")
+    p.add_argument("--val", required=True, nargs="+", metavar="SHARDS", help="labelled shards of the evaluation split")
+    p.add_argument("--extract-batch-size", type=at_least(int, 1), default=256, metavar="N",
+                   help="images per batch of feature extraction (default: %(default)s)")
+    p.add_argument("--workers", type=at_least(int, 0), default=min(8, os.cpu_count() or 1), metavar="N",
+                   help="loader processes decoding the shards (default: %(default)s)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help=f"where extracted features are kept for the next run (default: {default_cache_dir()})")
+    p.add_argument("--no-cache", action="store_true", help="extract the features again and keep nothing")
+    p.add_argument("--json", action="store_true", help="end the output with one line of JSON holding the results")
+
+
+@dataclass
+class Splits:
+    vit: nn.Module
+    train: Features
+    val: Features
+    cached: dict = field(default_factory=dict)  # split -> whether its features came from the cache
+    seconds: float = 0.0  # spent reading or extracting features
+
+    def source(self) -> str:
+        """E.g. "train from the cache, val extracted in 3.2 s"."""
+        how = ", ".join(f"{s} {'from the cache' if hit else 'extracted'}" for s, hit in self.cached.items())
+        return f"{how} in {self.seconds:.1f} s"
+
+    def counts(self) -> dict:
+        return {"n_train": len(self.train.keys), "n_val": len(self.val.keys),
+                "skipped_samples": {"train": self.train.skipped, "val": self.val.skipped}}
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
+    """Both splits' ``spec`` features; user mistakes (paths, unlabelled or empty shards) are ``ConfigError``s."""
+    start = time.perf_counter()
+    urls = {"train": expand_urls(args.train, "--train"), "val": expand_urls(args.val, "--val")}  # before the backbone loads
+    vit = load_backbone(args.backbone).to(device())
+    spec.check(vit)
+    view = eval_view(vit)
+    cache: Optional[FeatureCache] = None if args.no_cache else FeatureCache(args.cache_dir or default_cache_dir())
+    out, cached = {}, {}
+    for split, split_urls in urls.items():
+        def extract(split_urls=split_urls) -> Features:
+            loader = StreamLoader(EvalStream(split_urls, view, args.extract_batch_size), args.workers)
+            return gather_features(extract_features(vit, loader, device(), spec))
+
+        out[split], cached[split] = cached_features(cache, args.backbone, split_urls, view, spec, extract)
+        f = out[split]
+        if not f.keys:
+            raise ConfigError(f"--{split}: no sample could be read from {' '.join(getattr(args, split))!r}"
+                              f" ({f.skipped} skipped)")
+        if (f.labels < 0).any():
+            raise ConfigError(f"--{split}: {int((f.labels < 0).sum())} of {len(f.keys)} samples have no .cls label")
+    return Splits(vit, out["train"], out["val"], cached, time.perf_counter() - start)
