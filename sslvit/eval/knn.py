@@ -24,7 +24,7 @@ from sslvit.eval.features import collective_device, distributed
 from sslvit.eval.retrieval import average_precision, hit_rate
 
 ADD_ROWS = 65536  # the bank goes into the index in blocks: memory is the index plus one normalised block
-IVF_TRAIN_PER_CELL = 256  # FAISS trains k-means on at most 256 points per centroid anyway
+IVF_TRAIN_PER_CELL = 64  # k-means training points per cell: FAISS wants 39 to 256; training costs its share of the search
 
 
 def normalized(x: torch.Tensor) -> np.ndarray:
@@ -49,8 +49,11 @@ def build_index(
         if nlist > m:
             raise ConfigError(f"--nlist {nlist} is more than the {m} samples in the bank")
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        clustering = to_gpu(faiss.IndexFlatIP(d), gpu)  # k-means on the GPUs when there are any
+        index.clustering_index = clustering  # (SWIG keeps no reference: ``clustering`` lives until train is done)
         sample = torch.randperm(m, generator=torch.Generator().manual_seed(seed))[: nlist * IVF_TRAIN_PER_CELL]
         index.train(normalized(bank[sample.sort().values]))
+        index.clustering_index = None
         index.nprobe = min(nprobe, nlist)
     else:
         raise ConfigError(f"index kind {kind!r} is not 'flat' or 'ivf'")
