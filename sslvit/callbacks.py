@@ -1,11 +1,14 @@
 """Small Lightning callbacks that ``sslvit.fit`` adds to every run."""
 
 import os
+import random
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sslvit.errors import TrainingStopped
@@ -38,14 +41,19 @@ class ImagesPerSecond(Callback):
             self._t0, self._images = time.perf_counter(), 0
 
 
-class SeedPerRank(Callback):
-    """Seeds each rank with ``seed + rank`` (as MAE's reference does), so ranks draw different masks,
-    crops and worker seeds instead of repeating rank 0's random numbers."""
+class SeedPerStep(Callback):
+    """Seeds torch, numpy and Python's ``random`` before every training batch from (seed, rank, epoch,
+    batch): ranks draw different masks, drop paths and dropout (as MAE's reference seeds ``seed + rank``),
+    and a run resumed from a checkpoint draws exactly the numbers the first run drew at that batch,
+    with no RNG state to save or to match to the number of ranks.  (The data's random crops have
+    seeds of their own: ``sslvit.data.stream.BatchSeeds``.)"""
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and trainer.world_size > 1:
-            base = int(os.environ.get("PL_GLOBAL_SEED", 0))
-            seed_everything(base + trainer.global_rank, workers=True, verbose=False)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = random.Random(f"{base}/{trainer.global_rank}/{trainer.current_epoch}/{batch_idx}").getrandbits(63)
+        torch.manual_seed(seed)  # also every CUDA device
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
 
 class SkippedSamples(Callback):
@@ -91,12 +99,21 @@ class SkippedSamples(Callback):
         self.total = torch.tensor(state_dict.get("total", [0, 0]), dtype=torch.long)
 
 
-class StopOnNonFinite(Callback):
-    """Stops the run when the gradients about to be applied are not finite (a NaN or inf loss), before
-    they reach the weights: the checkpoints already written stay good.  Checked after the gradients are
-    reduced over ranks, so every rank stops at the same step.  Under fp16 mixed precision the loss scaler
-    already skips such steps, so this stays out of its way.  The check costs one device sync per
-    optimiser step, as the DINO and MAE references' ``math.isfinite(loss.item())`` does."""
+class SkipNonFinite(Callback):
+    """Skips an optimiser step whose gradients are not finite (a NaN or inf loss) and counts it; past
+    ``limit`` skipped steps the run stops with one line naming the step.  The weights never see such a
+    step, so every checkpoint stays good.
+
+    Checked after the gradients are reduced over ranks, so every rank skips (or stops at) the same
+    step.  A skipped step drops every gradient (AdamW leaves a parameter with no gradient and its
+    moments as they are, weight decay included) while the step count and schedules go on, as a mixed-
+    precision loss scaler skips steps.  Under fp16 mixed precision the scaler already does this, so this
+    stays out of its way.  The check costs one device sync per optimiser step, as the DINO and MAE
+    references' ``math.isfinite(loss.item())`` does."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self.skipped = 0  # in checkpoints: a resumed run keeps counting
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self._loss = loss.detach()
@@ -104,13 +121,29 @@ class StopOnNonFinite(Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if str(trainer.precision).startswith("16"):
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params or bool(torch.isfinite(torch.stack(torch._foreach_norm([p.grad for p in params]))).all()):
             return
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
-        kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
+        for p in params:
+            p.grad = None  # the optimiser passes over every parameter: the step changes nothing
+        self.skipped += 1
         loss = getattr(self, "_loss", None)
-        raise TrainingStopped(
-            f"non-finite {'loss ' + format(float(loss), 'g') if loss is not None else 'gradients'} at step "
-            f"{trainer.global_step} (epoch {trainer.current_epoch}); stopped before updating the weights, {kept}"
-        )
+        what = f"non-finite {'loss ' + format(float(loss), 'g') if loss is not None else 'gradients'} at step " \
+               f"{trainer.global_step} (epoch {trainer.current_epoch})"
+        pl_module.log("nonfinite_steps", float(self.skipped), rank_zero_only=True)
+        if self.skipped > self.limit:
+            ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+            kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
+            raise TrainingStopped(f"{what}: {self.skipped} steps skipped, more than the limit of {self.limit} "
+                                  f"(--max_nonfinite_steps); the weights were not updated, {kept}")
+        if trainer.is_global_zero:  # every time (Python's warnings would show one such line only once)
+            print(f"sslvit.fit: {what}: step skipped ({self.skipped} of at most {self.limit})", file=sys.stderr)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        update_summary(Path(trainer.default_root_dir), nonfinite_steps=self.skipped)
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))

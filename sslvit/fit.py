@@ -13,6 +13,7 @@ Everything a run makes stays in ``trainer.default_root_dir``:
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -22,10 +23,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sslvit.callbacks import ImagesPerSecond, SeedPerRank, SkippedSamples, StopOnNonFinite
+from sslvit.callbacks import ImagesPerSecond, SeedPerStep, SkipNonFinite, SkippedSamples
+from sslvit.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.errors import ConfigError, TrainingStopped
 from sslvit.summary import read_summary, update_summary
+
+# The stream passes over the batches a resumed epoch already trained on (TrainStream, train_position),
+# which Lightning cannot see: its warning that the loader is not resumable does not apply.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 USAGE = "usage: python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]"
 
@@ -48,6 +54,10 @@ class FitCLI(LightningCLI):
         parser.add_argument(
             "--checkpoint_every_n_steps", type=int, default=1000, help="periodic checkpoints (last.ckpt is kept too)"
         )
+        parser.add_argument(
+            "--max_nonfinite_steps", type=int, default=20,
+            help="optimiser steps with a non-finite loss are skipped; past this many the run stops",
+        )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Run-directory defaults: loggers and checkpoints under ``default_root_dir``, throughput."""
@@ -61,6 +71,9 @@ class FitCLI(LightningCLI):
                 kwargs["logger"].append(TensorBoardLogger(run_dir, name="logs", version=csv.version))
             except ModuleNotFoundError:
                 pass  # tensorboard is optional; CSV always works
+        for key, low in (("checkpoint_every_n_steps", 1), ("max_nonfinite_steps", 0)):
+            if cfg[key] < low:
+                raise ConfigError(f"--{key}={cfg[key]} must be at least {low}")
         callbacks = list(cfg["trainer"].get("callbacks") or [])
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(
@@ -70,10 +83,14 @@ class FitCLI(LightningCLI):
                     every_n_train_steps=cfg["checkpoint_every_n_steps"],
                     save_top_k=-1,
                     save_last=True,
+                    enable_version_counter=False,  # last.ckpt is always the run's latest: what --ckpt_path names
                 )
             )
-        callbacks += [ImagesPerSecond(), SeedPerRank(), SkippedSamples(), StopOnNonFinite()]
+        callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"])]
         kwargs["callbacks"] = callbacks
+        plugins = cfg["trainer"].get("plugins") or []
+        kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
+        remove_partial_writes(run_dir / "checkpoints")  # what a kill during a save left (never last.ckpt itself)
         return super().instantiate_trainer(**kwargs)
 
 
@@ -110,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not Path(recipe).is_file():
         print(f"sslvit.fit: error: recipe {recipe!r} does not exist", file=sys.stderr)
         return 2
-    sys.argv = sys.argv[:1]  # LightningCLI reads ``args``; keep it from also seeing the real argv
+    sys.argv = [sys.argv[0], *argv]  # what Lightning's DDP launcher re-runs for the other local ranks
     try:
         cli = FitCLI(
             LightningModule,

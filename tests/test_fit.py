@@ -147,27 +147,44 @@ def test_skipped_samples_are_counted_into_the_summary(recipe, tmp_path):
 
 
 class PoisonAtStep(Callback):
-    """Turns the batch of one step into NaNs: the loss and gradients of that step are not finite."""
+    """Turns the batches of some steps into NaNs: the loss and gradients of those steps are not finite."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = steps
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step in self.steps:
             batch["image"].fill_(float("nan"))
 
 
-def test_non_finite_loss_stops_in_one_line_and_keeps_the_last_good_checkpoint(recipe, tmp_path, capsys):
-    path = recipe()
-    rc = main([str(path), "--checkpoint_every_n_steps=2",
-               '--trainer.callbacks=[{"class_path": "tests.test_fit.PoisonAtStep", "init_args": {"step": 3}}]'])
+def poison(*steps: int) -> str:
+    return f'--trainer.callbacks=[{{"class_path": "tests.test_fit.PoisonAtStep", "init_args": {{"steps": {list(steps)}}}}}]'
+
+
+def test_a_non_finite_step_is_skipped_and_counted(recipe, tmp_path, capsys):
+    assert main([str(recipe()), "--trainer.max_steps=6", "--checkpoint_every_n_steps=1", poison(3)]) == 0
+    assert "non-finite loss nan at step 3 (epoch 0): step skipped (1 of at most 20)" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "summary.json").read_text())["nonfinite_steps"] == 1
+    weights = {s: torch.load(run / "checkpoints" / f"step={s:07d}.ckpt", weights_only=True)["state_dict"]
+               for s in (2, 3, 4, 5)}
+    params = [k for k in weights[3] if weights[3][k].is_floating_point()]
+    assert all(torch.equal(weights[3][k], weights[4][k]) for k in params)  # step 3 changed nothing
+    assert not all(torch.equal(weights[2][k], weights[3][k]) for k in params)  # the steps around it did
+    assert not all(torch.equal(weights[4][k], weights[5][k]) for k in params)
+    assert all(torch.isfinite(v).all() for v in weights[5].values() if v.is_floating_point())
+
+
+def test_past_the_limit_non_finite_steps_stop_in_one_line_and_keep_the_last_good_checkpoint(recipe, tmp_path, capsys):
+    rc = main([str(recipe()), "--checkpoint_every_n_steps=2", "--max_nonfinite_steps=2", poison(3, 4, 5)])
     err = capsys.readouterr().err
     assert rc == 1
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]  # (library warnings may come before it)
-    assert line.startswith("sslvit.fit: stopped: non-finite loss nan at step 3"), line
+    assert line.startswith("sslvit.fit: stopped: non-finite loss nan at step 5 (epoch 1): 3 steps skipped, "
+                           "more than the limit of 2"), line
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert str(last) in line
     ckpt = torch.load(last, weights_only=True)
-    assert ckpt["global_step"] == 2
+    assert ckpt["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -82,7 +82,7 @@ class ShardDataModule(LightningDataModule):
             urls, self.train_view(), h.batch_size, batches_per_epoch(samples, h.batch_size, world),
             rank, world, h.seed, h.resampled, h.shuffle_buffer,
         )
-        return StreamLoader(stream, h.num_workers, epoch_of=(lambda: trainer.current_epoch) if trainer else None)
+        return StreamLoader(stream, h.num_workers, position_of=(lambda: train_position(trainer)) if trainer else None)
 
     def val_dataloader(self):
         """The labelled held-out split, each sample once over all ranks, through the evaluation transform
@@ -114,3 +114,9 @@ class ShardDataModule(LightningDataModule):
 def _normalized(images: torch.Tensor) -> torch.Tensor:
     """uint8 crops -> ImageNet-normalised float; already-float images (timm's eval view) as they are."""
     return normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if images.dtype == torch.uint8 else images
+
+
+def train_position(trainer) -> tuple[int, int]:
+    """(epoch, batches of it already trained): when a run resumes part-way through an epoch, Lightning
+    restores its batch count but restarts the loader, which has to pass over those batches itself."""
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready

@@ -118,14 +118,56 @@ def collate(items: list[tuple], skips: Skips) -> dict:
     }
 
 
-def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Skips, partial: bool) -> Iterator[dict]:
+class BatchSeeds:
+    """The views' random numbers (crops, flips, jitter) as a function of the batch: batch ``b`` is viewed
+    with the torch generator seeded by ``seed_of(b)``, swapped in around each sample and out again, so the
+    model's own random numbers never mix with the data's, and a stream resumed at batch ``b`` views it
+    exactly as the first run did."""
+
+    def __init__(self, seed_of: Callable[[int], int]) -> None:
+        self.seed_of = seed_of
+        self.state = None
+
+    def start(self, batch: int) -> None:
+        saved = torch.get_rng_state()
+        torch.manual_seed(self.seed_of(batch))
+        self.state = torch.get_rng_state()
+        torch.set_rng_state(saved)
+
+    def view(self, sample: dict, view: Callable) -> tuple:
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            return apply_view(sample, view)
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+
+def check_decodes(sample: dict, view: Callable) -> tuple:
+    """What a skipped-over batch needs: that the sample decodes (so the same ones are dropped as in the
+    first run), without the cost of the view."""
+    load_rgb(open_image(sample))
+    return None, label_of(sample), sample["__key__"], sample.get("__url__", "")
+
+
+def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Skips, partial: bool,
+            seeds: Optional[BatchSeeds] = None, skip: int = 0) -> Iterator[dict]:
     """Batches of viewed samples.  A finite stream (``partial``: its last batch may be short) holds
     each batch back until the next is full or the stream ends, so the last batch also counts the
-    skips that came after it; an endless training stream hands each batch on at once."""
-    items, held, streak = [], None, 0
+    skips that came after it; an endless training stream hands each batch on at once.
+
+    ``seeds`` seeds the views per batch; the first ``skip`` batches are read and decoded but not
+    viewed or yielded (a run resumed part-way through an epoch)."""
+    items, held, streak, index = [], None, 0, 0
+    if seeds is not None:
+        seeds.start(index)
     for sample in samples:
         try:
-            items.append(apply_view(sample, view))
+            if index < skip:
+                items.append(check_decodes(sample, view))
+            else:
+                items.append(seeds.view(sample, view) if seeds is not None else apply_view(sample, view))
             streak = 0
         except Exception as err:  # a corrupt member: count it, name it, go on
             skips.sample(sample, err)
@@ -135,6 +177,12 @@ def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Ski
                                    f"{sample.get('__key__')}: {_reason(err)}") from err
             continue
         if len(items) == batch_size:
+            index += 1
+            if seeds is not None:
+                seeds.start(index)
+            if index <= skip:  # passed over; its skipped-sample counts go with the next batch
+                items = []
+                continue
             if held is not None:
                 yield collate(held, skips)
             held, items = items, []
@@ -177,9 +225,10 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.epoch = 0
+        self.done = 0  # batches of this epoch that a resumed run already trained on
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, done: int = 0) -> None:
+        self.epoch, self.done = epoch, done
 
     def __len__(self) -> int:
         return self.batches
@@ -206,18 +255,23 @@ class TrainStream(IterableDataset):
                 raise RuntimeError(f"no sample could be read from {len(shards)} shard(s): {shards[:3]}")
 
     def __iter__(self) -> Iterator[dict]:
+        """This reader's batches of the epoch.  The loader takes batch j from worker j mod W; a run resumed
+        after ``done`` batches asks worker 0 first, so worker w plays the part of reader (w + done) mod W
+        and passes over the batches that reader had already handed out: the epoch goes on exactly where
+        it stopped."""
         worker, workers = _reader()
-        slot, slots = self.rank * workers + worker, self.world_size * workers
-        quota = self.batches // workers + (worker < self.batches % workers)  # the loader interleaves workers
-        if get_worker_info() is not None:  # crops and flips: a function of (seed, epoch, reader), not of history
-            torch.manual_seed(_seed(self.seed, self.epoch, slot, "views"))
+        part = (worker + self.done) % workers  # the reader whose place this worker takes
+        slot, slots = self.rank * workers + part, self.world_size * workers
+        quota = self.batches // workers + (part < self.batches % workers)  # the loader interleaves workers
+        done = self.done // workers + (part < self.done % workers)  # of those, already trained on
         skips = Skips()
         samples = self._samples(slot, slots, skips)
         if self.shuffle_buffer > 1:
             seed = _seed(self.seed, self.epoch, slot)
             samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed)(samples)
-        stream = batches(samples, self.view, self.batch_size, skips, partial=False)
-        yield from itertools.islice(stream, quota)
+        seeds = BatchSeeds(lambda b: _seed(self.seed, self.epoch, slot, "views", b))
+        stream = batches(samples, self.view, self.batch_size, skips, partial=False, seeds=seeds, skip=done)
+        yield from itertools.islice(stream, quota - done)
 
 
 class EvalStream(IterableDataset):
@@ -243,10 +297,13 @@ class EvalStream(IterableDataset):
 
 
 class StreamLoader(DataLoader):
-    """A DataLoader over a stream; ``epoch_of()`` is handed to the stream each time an epoch starts
-    (Lightning only tells map-style samplers).  Workers start afresh each epoch and get it."""
+    """A DataLoader over a stream; ``position_of()`` -> (epoch, batches already trained in it) is handed
+    to the stream each time an epoch starts (Lightning only tells map-style samplers, and restarts an
+    iterable from its beginning when it resumes part-way through an epoch).  Workers start afresh each
+    epoch and get it."""
 
-    def __init__(self, stream: IterableDataset, num_workers: int = 0, epoch_of: Optional[Callable[[], int]] = None):
+    def __init__(self, stream: IterableDataset, num_workers: int = 0,
+                 position_of: Optional[Callable[[], tuple[int, int]]] = None):
         super().__init__(
             stream,
             batch_size=None,  # the stream batches
@@ -255,11 +312,11 @@ class StreamLoader(DataLoader):
             persistent_workers=False,
             prefetch_factor=4 if num_workers else None,
         )
-        self.epoch_of = epoch_of
+        self.position_of = position_of
 
     def __iter__(self):
-        if self.epoch_of is not None:
-            self.dataset.set_epoch(self.epoch_of())
+        if self.position_of is not None:
+            self.dataset.set_epoch(*self.position_of())
         return super().__iter__()
 
 

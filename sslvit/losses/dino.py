@@ -67,7 +67,10 @@ class DINOLoss(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             count *= dist.get_world_size()
-        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1.0 - self.center_momentum)
+        new = self.center * self.center_momentum + batch_sum / count * (1.0 - self.center_momentum)
+        # a non-finite batch (its step is skipped) must not poison the center for the rest of the run;
+        # decided on the reduced sum, so every rank decides alike, and without a host sync
+        self.center.copy_(torch.where(torch.isfinite(batch_sum).all(), new, self.center))
 
 
 @torch.no_grad()

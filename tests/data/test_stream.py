@@ -75,7 +75,7 @@ def test_order_is_deterministic_for_a_seed_and_changes_with_seed_and_epoch(tmp_p
 
     def run(seed, epoch):
         stream = TrainStream(urls, MAEView(16), 4, 6, seed=seed, shuffle_buffer=16)
-        loader = StreamLoader(stream, num_workers=2, epoch_of=lambda: epoch)
+        loader = StreamLoader(stream, num_workers=2, position_of=lambda: (epoch, 0))
         batches = list(loader)
         return [k for b in batches for k in b["key"]], torch.cat([b["image"] for b in batches])
 
@@ -147,3 +147,21 @@ def test_all_corrupt_training_data_stops_with_a_clear_error(tmp_path):
             list(stream)
     finally:
         stream_module.MAX_BAD_STREAK = old
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_a_stream_resumed_part_way_through_an_epoch_gives_exactly_the_rest(tmp_path, workers):
+    """Lightning restarts the loader when it resumes mid-epoch; told how many batches were trained, the
+    stream passes over them and gives the same remaining batches, same samples and same crops, in order."""
+    urls = make_shards(tmp_path, "p", 96, per_shard=8)
+
+    def run(done):
+        stream = TrainStream(urls, MAEView(16), 4, 10, seed=3, shuffle_buffer=16)
+        return list(StreamLoader(stream, num_workers=workers, position_of=lambda: (2, done)))
+
+    full = run(0)
+    assert len(full) == 10
+    for done in (1, 4, 5):
+        rest = run(done)
+        assert [b["key"] for b in rest] == [b["key"] for b in full[done:]]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(rest, full[done:]))
