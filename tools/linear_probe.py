@@ -83,6 +83,8 @@ def evaluate(args: argparse.Namespace) -> str:
                   for lr, r in probe["per_lr"].items()]
         lines.append(f"linear: top-1 {fmt(probe['top1'])}, top-5 {fmt(probe['top5'])} at base lr {probe['best_lr']:g}"
                      f" ({len(args.lrs)} heads, {args.epochs} epochs in {time.perf_counter() - start:.1f} s)")
+        if len(args.lrs) > 1 and probe["best_lr"] in (min(args.lrs), max(args.lrs)):
+            lines.append(f"note: the best rate is at the edge of the grid; rates beyond {probe['best_lr']:g} may do better (--lrs)")
     if args.few_shot:
         seeds = [args.seed + i for i in range(args.few_shot_seeds)]
         shots = few_shot(train.feats, train.labels, val.feats, val.labels, args.few_shot, seeds, args.l2_reg)
