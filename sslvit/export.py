@@ -22,14 +22,23 @@ from sslvit.models.encoder import Encoder, EncoderConfig
 from sslvit.models.pos_embed import materialize_pos_embed_
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict:
-    """A Lightning checkpoint's dict, loaded without unpickling arbitrary objects."""
+def read_checkpoint(path: Union[str, Path], mmap: bool = False) -> dict:
+    """A Lightning checkpoint's dict, loaded without unpickling arbitrary objects (``weights_only``)."""
+    import pickle
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise ConfigError(f"checkpoint {str(path)!r} is not a checkpoint: not the zip archive torch.save writes "
+                          "(truncated, or another kind of file)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, not a checkpoint, or a pickle that needs code to load
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:  # an object whose loading could run code
+        raise ConfigError(f"checkpoint {str(path)!r} holds pickled objects other than tensors and plain data; "
+                          "refused, as loading them could run code") from err
+    except Exception as err:  # truncated, or not a checkpoint at all
         raise ConfigError(f"checkpoint {str(path)!r} cannot be read: {str(err).splitlines()[0]}") from err
 
 

@@ -27,11 +27,14 @@ from sslvit.callbacks import ImagesPerSecond, SeedPerStep, SkipNonFinite, Skippe
 from sslvit.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.errors import ConfigError, TrainingStopped
+from sslvit.export import read_checkpoint
 from sslvit.summary import read_summary, update_summary
 
 # The stream passes over the batches a resumed epoch already trained on (TrainStream, train_position),
 # which Lightning cannot see: its warning that the loader is not resumable does not apply.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# sys.argv holds the same arguments as ``args`` on purpose (main): Lightning's DDP launcher re-runs sys.argv.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 
 USAGE = "usage: python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]"
 
@@ -106,7 +109,10 @@ def one_line(err: BaseException) -> str:
     chain = list(_chain(err))
     ours = [e for e in chain if isinstance(e, ConfigError)]
     if ours:
-        return str(ours[0])
+        lines = str(ours[0]).strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught ConfigError"):  # re-raised from a DataLoader worker
+            return lines[-1].split("ConfigError: ", 1)[-1]
+        return lines[0]
     first_lines = [str(e).strip().splitlines()[0].strip() for e in chain if str(e).strip()]
     keys = [ln.split('"')[1] for ln in first_lines if ln.startswith('Parser key "')]
     reason = next((ln for ln in reversed(first_lines) if not ln.endswith(":")), first_lines[-1] if first_lines else repr(err))
@@ -141,10 +147,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             args=["--config", recipe, *overrides],
         )
         ckpt_path = cli.config["ckpt_path"]
-        if ckpt_path and not Path(ckpt_path).is_file():
-            raise ConfigError(f"--ckpt_path={ckpt_path!r} does not exist")
+        if ckpt_path:
+            if not Path(ckpt_path).is_file():
+                raise ConfigError(f"--ckpt_path={ckpt_path!r} does not exist")
+            try:  # memory-mapped: only the pickle is read, and refused if it would run code
+                read_checkpoint(ckpt_path, mmap=True)
+            except ConfigError as err:
+                raise ConfigError(f"--ckpt_path: {err}") from err
         trainer, model = cli.trainer, cli.model
-        trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingStopped as err:
         print(f"sslvit.fit: stopped: {err}", file=sys.stderr)
         return 1

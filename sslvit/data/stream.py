@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sslvit.data.views import load_rgb
+from sslvit.errors import ConfigError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm")
 MAX_BAD_STREAK = 1000  # this many undecodable samples in a row is a broken data set, not bad luck
@@ -173,7 +174,7 @@ def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Ski
             skips.sample(sample, err)
             streak += 1
             if streak >= MAX_BAD_STREAK:
-                raise RuntimeError(f"{streak} samples in a row could not be decoded, the last {sample.get('__url__')}:"
+                raise ConfigError(f"{streak} samples in a row could not be decoded, the last {sample.get('__url__')}:"
                                    f"{sample.get('__key__')}: {_reason(err)}") from err
             continue
         if len(items) == batch_size:
@@ -252,7 +253,7 @@ class TrainStream(IterableDataset):
                 got += 1
                 yield sample
             if not got:
-                raise RuntimeError(f"no sample could be read from {len(shards)} shard(s): {shards[:3]}")
+                raise ConfigError(f"no sample could be read from {len(shards)} shard(s), are they empty? {shards[:3]}")
 
     def __iter__(self) -> Iterator[dict]:
         """This reader's batches of the epoch.  The loader takes batch j from worker j mod W; a run resumed

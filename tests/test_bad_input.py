@@ -1,0 +1,116 @@
+"""Every entry point answers a user's mistake with one line naming the culprit and exit status 2, and
+never runs code from an untrusted checkpoint or shard.  ``pytest -s`` prints each answer."""
+
+import importlib.util
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sslvit.fit import main as fit_main
+from sslvit.models.encoder import Encoder
+from tests.conftest import tiny_encoder
+
+ROOT = Path(__file__).parent.parent
+TOOLS = ("make_shards", "export_backbone", "attention_maps", "knn_eval", "linear_probe", "analyze")
+
+
+def tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+class Evil:
+    """Unpickling this makes a folder: proof that code in a file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_shards) -> dict:
+    root = tmp_path_factory.mktemp("bad")
+    enc = Encoder(tiny_encoder())
+    good = root / "good.ckpt"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc.state_dict().items()},
+                "sslvit_backbone": {"prefix": "encoder.", "encoder": vars(enc.cfg)}}, good)
+    evil = root / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Evil(root / "pwned")}, evil)
+    empty = root / "empty-000000.tar"
+    with tarfile.open(empty, "w"):
+        pass
+    not_ckpt = root / "notes.ckpt"
+    not_ckpt.write_text("not a checkpoint")
+    recipe = {
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "enable_progress_bar": False,
+                    "default_root_dir": str(root / "run")},
+        "model": {"class_path": "sslvit.objectives.MAE",
+                  "init_args": {"encoder": vars(tiny_encoder()), "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}},
+        "data": {"train_shards": tiny_shards["train"], "img_size": 32, "batch_size": 8, "num_workers": 0,
+                 "epoch_samples": 16},
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return {"root": root, "good": str(good), "evil": str(evil), "empty": str(empty), "not_ckpt": str(not_ckpt),
+            "recipe": str(root / "recipe.yaml"), "train": tiny_shards["train"][0], "missing": str(root / "nope-{0..3}.tar")}
+
+
+# (entry point, arguments with {placeholders} from ``files``, what the one line must name)
+CASES = [
+    ("sslvit.fit", ["{root}/missing.yaml"], "missing.yaml"),
+    ("sslvit.fit", ["{recipe}", "--model.init_args.mask_ratoi=0.5"], "mask_ratoi"),
+    ("sslvit.fit", ["{recipe}", "--model.init_args.mask_ratio=1.0"], "mask_ratio=1.0"),
+    ("sslvit.fit", ["{recipe}", "--model.init_args.encoder.patch_size=5"], "patch_size=5"),
+    ("sslvit.fit", ["{recipe}", "--data.train_shards={missing}"], "nope-0.tar"),
+    ("sslvit.fit", ["{recipe}", "--data.train_shards={empty}"], "empty-000000.tar"),
+    ("sslvit.fit", ["{recipe}", "--ckpt_path={root}/gone.ckpt"], "gone.ckpt"),
+    ("sslvit.fit", ["{recipe}", "--ckpt_path={evil}"], "evil.ckpt"),
+    ("sslvit.fit", ["{recipe}", "--ckpt_path={not_ckpt}"], "notes.ckpt"),
+    ("sslvit.fit", ["{recipe}", "--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps=0"),
+    ("sslvit.fit", ["{recipe}", "--max_nonfinite_steps=-1"], "--max_nonfinite_steps=-1"),
+    ("sslvit.fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--model.init_args.encoder.pos_embed=rel"],
+     "pos_embed='rel'"),
+    ("export_backbone", ["{root}/gone.ckpt", "{root}/out"], "gone.ckpt"),
+    ("export_backbone", ["{evil}", "{root}/out"], "evil.ckpt"),
+    ("export_backbone", ["{not_ckpt}", "{root}/out"], "notes.ckpt"),
+    ("export_backbone", ["{good}", "{root}/out", "--img-size", "30"], "--img-size 30"),
+    ("attention_maps", ["--backbone", "{evil}", "--shards", "{train}", "--out", "{root}/a.png"], "evil.ckpt"),
+    ("attention_maps", ["--backbone", "{good}", "--shards", "{missing}", "--out", "{root}/a.png"], "nope-0.tar"),
+    ("knn_eval", ["--backbone", "{root}/gone.ckpt", "--train", "{train}", "--val", "{train}"], "gone.ckpt"),
+    ("knn_eval", ["--backbone", "{evil}", "--train", "{train}", "--val", "{train}"], "evil.ckpt"),
+    ("knn_eval", ["--backbone", "{good}", "--train", "{missing}", "--val", "{train}"], "nope-0.tar"),
+    ("knn_eval", ["--backbone", "{good}", "--train", "{empty}", "--val", "{train}", "--no-cache"], "empty-000000.tar"),
+    ("knn_eval", ["--backbone", "{good}", "--train", "{train}", "--val", "{train}", "--k", "0"], "--k"),
+    ("linear_probe", ["--backbone", "{root}/gone.ckpt", "--train", "{train}", "--val", "{train}"], "gone.ckpt"),
+    ("linear_probe", ["--backbone", "{good}", "--train", "{missing}", "--val", "{train}"], "nope-0.tar"),
+    ("linear_probe", ["--backbone", "{good}", "--train", "{train}", "--val", "{train}", "--few-shot", "0"], "--few-shot"),
+    ("analyze", ["--backbone", "{evil}", "--data", "{train}", "--out", "{root}/an"], "evil.ckpt"),
+    ("analyze", ["--backbone", "{good}", "--data", "{missing}", "--out", "{root}/an"], "nope-0.tar"),
+    ("make_shards", ["{root}/no-such-folder", "{root}/shards"], "no-such-folder"),
+    ("make_shards", ["{root}", "{root}/shards", "--maxcount", "0"], "--maxcount"),
+]
+
+
+@pytest.mark.parametrize("entry, args, culprit", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_one_line_naming_the_culprit_and_exit_status_2(entry, args, culprit, files, capsys):
+    argv = [a.format(**files) for a in args]
+    run = fit_main if entry == "sslvit.fit" else tool(entry)
+    try:
+        status = run(argv)
+    except SystemExit as stop:  # argparse's own usage errors exit
+        status = stop.code
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "Warning" not in line and line.strip()]
+    print(f"\n{entry} {' '.join(args)}\n  -> exit {status}: {err[-1] if err else ''}")
+    assert status == 2, err
+    prog = "sslvit.fit" if entry == "sslvit.fit" else entry
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error:") and culprit in err[0], err
+    assert "Traceback" not in err[0]
+    assert not (files["root"] / "pwned").exists(), "a checkpoint ran code"
