@@ -48,3 +48,20 @@ def test_per_parameter_clipping_scales_each_gradient_on_its_own():
     torch.testing.assert_close(big.grad, torch.tensor([1.8, 2.4, 0.0, 0.0]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(small.grad, torch.tensor([0.3, 0.4, 0.0, 0.0]))
     assert none.grad is None
+
+
+@pytest.mark.parametrize("devices, nodes, batch, accumulate", [(1, 1, 16, 1), (8, 1, 128, 4), (8, 4, 64, 2)])
+def test_lr_follows_the_true_global_batch(devices, nodes, batch, accumulate):
+    """lr = base_lr x (batch x devices x nodes x accumulation) / 256, whatever the split: the world size
+    is Lightning's own, from a real Trainer set up for that many processes (not launched)."""
+    from unittest import mock
+
+    from lightning.pytorch import Trainer
+
+    from sslvit.data.datamodule import ShardDataModule
+    from sslvit.objectives.optim import global_batch_size
+
+    trainer = Trainer(accelerator="cpu", devices=devices, num_nodes=nodes, strategy="ddp" if devices * nodes > 1 else "auto",
+                      accumulate_grad_batches=accumulate, logger=False)
+    with mock.patch.object(Trainer, "datamodule", ShardDataModule(train_shards="digits:train", batch_size=batch)):
+        assert global_batch_size(trainer) == batch * devices * nodes * accumulate
