@@ -54,8 +54,6 @@ def test_per_parameter_clipping_scales_each_gradient_on_its_own():
 def test_lr_follows_the_true_global_batch(devices, nodes, batch, accumulate):
     """lr = base_lr x (batch x devices x nodes x accumulation) / 256, whatever the split: the world size
     is Lightning's own, from a real Trainer set up for that many processes (not launched)."""
-    from unittest import mock
-
     from lightning.pytorch import Trainer
 
     from sslvit.data.datamodule import ShardDataModule
@@ -63,5 +61,5 @@ def test_lr_follows_the_true_global_batch(devices, nodes, batch, accumulate):
 
     trainer = Trainer(accelerator="cpu", devices=devices, num_nodes=nodes, strategy="ddp" if devices * nodes > 1 else "auto",
                       accumulate_grad_batches=accumulate, logger=False)
-    with mock.patch.object(Trainer, "datamodule", ShardDataModule(train_shards="digits:train", batch_size=batch)):
-        assert global_batch_size(trainer) == batch * devices * nodes * accumulate
+    trainer.datamodule = ShardDataModule(train_shards="digits:train", batch_size=batch)  # as fit attaches it
+    assert global_batch_size(trainer) == batch * devices * nodes * accumulate
