@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from sslvit.data.shards import write_shards
 from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
 from sslvit.data.views import MAEView
+from sslvit.errors import ConfigError
 from tests.conftest import make_shards
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize((8, 8))])
@@ -143,7 +144,7 @@ def test_all_corrupt_training_data_stops_with_a_clear_error(tmp_path):
     stream = TrainStream(urls, MAEView(16), 2, 1, shuffle_buffer=0)
     old, stream_module.MAX_BAD_STREAK = stream_module.MAX_BAD_STREAK, 10
     try:
-        with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="in a row could not be decoded"):
+        with pytest.warns(UserWarning), pytest.raises(ConfigError, match="in a row could not be decoded"):
             list(stream)
     finally:
         stream_module.MAX_BAD_STREAK = old
