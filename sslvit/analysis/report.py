@@ -4,6 +4,7 @@ and the numbers behind it (all of them are in ``analysis.json`` as well)."""
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -179,5 +180,5 @@ def write_report(analysis: dict, out: Path, command: str = "", seconds: Optional
         for r in results:
             lines += absent_or(r[key], r["name"], numbers)
     path = out / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    path.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n")  # one blank line between blocks
     return path
