@@ -166,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     run_dir = Path(trainer.default_root_dir)
     if trainer.state.finished:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final step, whatever the period
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # the final step, whole
     written = read_summary(run_dir)  # figures callbacks wrote themselves (k-NN, skipped samples) stand
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k not in written}
     update_summary(run_dir, global_step=trainer.global_step, **metrics)
