@@ -148,9 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         ckpt_path = cli.config["ckpt_path"]
         if ckpt_path:
-            if not Path(ckpt_path).is_file():
-                raise ConfigError(f"--ckpt_path={ckpt_path!r} does not exist")
-            try:  # memory-mapped: only the pickle is read, and refused if it would run code
+            try:  # missing, not a checkpoint, or a pickle that would run code; memory-mapped: only the pickle is read
                 read_checkpoint(ckpt_path, mmap=True)
             except ConfigError as err:
                 raise ConfigError(f"--ckpt_path: {err}") from err

@@ -145,7 +145,7 @@ class BatchSeeds:
             torch.set_rng_state(saved)
 
 
-def check_decodes(sample: dict, view: Callable) -> tuple:
+def check_decodes(sample: dict) -> tuple:
     """What a skipped-over batch needs: that the sample decodes (so the same ones are dropped as in the
     first run), without the cost of the view."""
     load_rgb(open_image(sample))
@@ -166,7 +166,7 @@ def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Ski
     for sample in samples:
         try:
             if index < skip:
-                items.append(check_decodes(sample, view))
+                items.append(check_decodes(sample))
             else:
                 items.append(seeds.view(sample, view) if seeds is not None else apply_view(sample, view))
             streak = 0
