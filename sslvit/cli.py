@@ -3,7 +3,8 @@ runner that turns a user's mistake (``ConfigError``) into one line and exit stat
 
 import argparse
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Union
 
 from sslvit.errors import ConfigError
 
@@ -29,6 +30,17 @@ def at_least(kind: type, low: float):
         return value
 
     return parse
+
+
+def ready_dir(path: Union[str, Path], flag: str) -> Path:
+    """``path`` as a folder that exists (made if need be), checked before any long work; a file in the
+    way or an uncreatable path is a ``ConfigError`` naming ``flag``."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag} {str(path)!r}: {err.strerror or err}") from None
+    return folder
 
 
 def run(prog: str, work: Callable[[], object]) -> int:

@@ -17,10 +17,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from sslvit.cli import OneLineParser, at_least, run
-from sslvit.errors import ConfigError
+from sslvit.cli import OneLineParser, at_least, ready_dir, run
 from sslvit.eval.features import FeatureSpec
 from sslvit.eval.fewshot import L2_REG, check_shots, few_shot
 from sslvit.eval.linear import LEARNING_RATES, ProbeConfig, linear_probe, save_confusion_matrix
@@ -60,8 +58,7 @@ def main(argv=None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> str:
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of work, not after
-        raise ConfigError(f"--out {args.out!r} is a file, not a folder")
+    out = ready_dir(args.out, "--out") if args.out else None  # before minutes of work, not after
     spec = FeatureSpec() if args.protocol == "mae" else FeatureSpec(args.blocks, args.avgpool)
     splits = load_splits(args, spec)
     train, val = splits.train, splits.val
@@ -90,9 +87,7 @@ def evaluate(args: argparse.Namespace) -> str:
         shots = few_shot(train.feats, train.labels, val.feats, val.labels, args.few_shot, seeds, args.l2_reg)
         result["few_shot"] = {str(n): r for n, r in shots.items()}
         lines += [f"{n}-shot: top-1 {r['top1']:.4f}, top-5 {r['top5']:.4f} (mean of {len(seeds)} draws)" for n, r in shots.items()]
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         if preds is not None:
             save_confusion_matrix(preds, val.labels, num_classes, out / "confusion_matrix.png",
                                   f"{args.protocol} probe, lr {result['best_lr']:g}: top-1 {result['top1']:.3f}")

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.distributed as dist
 
 from sslvit.data.shards import REMOTE_PREFIXES
-from sslvit.eval.features import Features, FeatureSpec, collective_device, distributed
+from sslvit.eval.features import Features, FeatureSpec
 
 VERSION = 1  # bump when extraction changes what it computes
 
@@ -99,32 +98,22 @@ def _atomic(path: Path, write: Callable) -> None:
         raise
 
 
-def everywhere(flag: bool) -> bool:
-    """True only when ``flag`` is true on every rank: ranks must agree to extract, which is collective."""
-    if not distributed():
-        return flag
-    t = torch.tensor(int(flag), device=collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
 def cached_features(
     cache: Optional[FeatureCache],  # None: always extract (--no-cache)
     backbone: Union[str, Path],
     urls: Sequence[str],
     transform: Callable,
     spec: FeatureSpec,
-    extract: Callable[[], Features],  # this rank's share, gathered to all ranks
+    extract: Callable[[], Features],
 ) -> tuple[Features, bool]:
-    """(features, whether they came from the cache).  Rank 0 writes the entry."""
+    """(features, whether they came from the cache); extracted features are written to the cache."""
     if cache is None:
         return extract(), False
     key = cache_key(backbone, urls, transform, spec)
     found = cache.load(key)
-    if everywhere(found is not None):
+    if found is not None:
         return found, True
     features = extract()
-    if not distributed() or dist.get_rank() == 0:
-        about = {"backbone": str(backbone), "shards": list(urls), "transform": repr(transform), "features": spec.name}
-        cache.save(key, features, about)
+    about = {"backbone": str(backbone), "shards": list(urls), "transform": repr(transform), "features": spec.name}
+    cache.save(key, features, about)
     return features, False

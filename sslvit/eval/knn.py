@@ -45,9 +45,10 @@ def build_index(
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
-        nlist = nlist or max(1, round(4 * math.sqrt(m)))
-        if nlist > m:
-            raise ConfigError(f"--nlist {nlist} is more than the {m} samples in the bank")
+        if nlist is None:
+            nlist = min(m, max(1, round(4 * math.sqrt(m))))
+        elif not 1 <= nlist <= m:
+            raise ConfigError(f"nlist={nlist} must be from 1 to the {m} samples in the bank")
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         clustering = to_gpu(faiss.IndexFlatIP(d), gpu)  # k-means on the GPUs when there are any
         index.clustering_index = clustering  # (SWIG keeps no reference: ``clustering`` lives until train is done)

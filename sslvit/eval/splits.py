@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from sslvit.cli import at_least
+from sslvit.cli import at_least, ready_dir
 from sslvit.data.shards import expand_urls
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view
@@ -60,11 +60,13 @@ def device() -> torch.device:
 def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
     """Both splits' ``spec`` features; user mistakes (paths, unlabelled or empty shards) are ``ConfigError``s."""
     start = time.perf_counter()
+    cache: Optional[FeatureCache] = None
+    if not args.no_cache:  # a bad --cache-dir is told before minutes of extraction, not after
+        cache = FeatureCache(ready_dir(args.cache_dir or default_cache_dir(), "--cache-dir"))
     urls = {"train": expand_urls(args.train, "--train"), "val": expand_urls(args.val, "--val")}  # before the backbone loads
     vit = load_backbone(args.backbone).to(device())
     spec.check(vit)
     view = eval_view(vit)
-    cache: Optional[FeatureCache] = None if args.no_cache else FeatureCache(args.cache_dir or default_cache_dir())
     out, cached = {}, {}
     for split, split_urls in urls.items():
         def extract(split_urls=split_urls) -> Features:

@@ -97,10 +97,11 @@ def test_user_errors_are_one_line_and_status_2(name, tiny_backbone, tiny_shards,
         ([*args(), "--workers", "-1"], "--workers"),
     ]
     if name == "knn_eval":
-        cases += [([*args(), "--k", "0"], "--k"), ([*args(), "--k", "65"], "--k 65"), ([*args(), "--index", "hnsw"], "--index")]
+        cases += [([*args(), "--k", "0"], "--k"), ([*args(), "--k", "65"], "--k 65"), ([*args(), "--index", "hnsw"], "--index"),
+                  ([*args(), "--cache-dir", ckpt], "--cache-dir")]
     else:
         cases += [([*args(), "--few-shot", "100"], "--few-shot 100"), ([*args(), "--epochs", "0"], "--few-shot"),
-                  ([*args(), "--out", ckpt], "--out")]
+                  ([*args(), "--out", ckpt], "--out"), ([*args(), "--out", f"{ckpt}/sub"], "--out")]
     main = tool(name)
     for argv, culprit in cases:
         status = call(main, argv)
