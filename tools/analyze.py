@@ -32,8 +32,8 @@ PROG = "analyze"
 
 def mask_ratio(text: str) -> float:
     value = at_least(float, 0.0)(text)
-    if value >= 1.0:
-        raise argparse.ArgumentTypeError(f"must be below 1, got {text!r}")
+    if not 0.0 < value < 1.0:  # MAE's own rule (model.mask_ratio): 0 masks nothing, 1 leaves nothing to encode
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text!r}")
     return value
 
 

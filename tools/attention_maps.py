@@ -27,7 +27,8 @@ PROG = "attention_maps"
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True, metavar="CKPT", help="a checkpoint written by sslvit.fit")
+    p.add_argument("--backbone", required=True, metavar="PATH",
+                   help="a fit checkpoint or an export folder")
     p.add_argument("--image", nargs="+", default=[], metavar="PATH", help="image files (any format PIL reads)")
     p.add_argument("--shards", nargs="+", default=[], metavar="SPEC", help="shard files or brace patterns")
     p.add_argument("--num-images", type=at_least(int, 1), default=4, metavar="N",

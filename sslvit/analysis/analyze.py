@@ -49,8 +49,9 @@ def load(path: Union[str, Path], name: Optional[str] = None) -> Backbone:
         kind = "none" if vit.pos_embed is None else "a table (an export folder does not record which variant)"
         return Backbone(name, str(path), vit, kind, "an export folder holds the encoder only, no MAE decoder")
     checkpoint = read_checkpoint(path)
-    encoder = backbone_encoder(checkpoint, str(path))
-    return Backbone(name, str(path), encoder.vit, encoder.cfg.pos_embed, mae_from_checkpoint(checkpoint))
+    mae = mae_from_checkpoint(checkpoint)
+    encoder = mae.encoder if isinstance(mae, MAE) else backbone_encoder(checkpoint, str(path))  # loaded once
+    return Backbone(name, str(path), encoder.vit, encoder.cfg.pos_embed, mae)
 
 
 def read_images(urls: Sequence[str], vit: nn.Module, n: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:

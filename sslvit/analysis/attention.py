@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
+import matplotlib
 import timm.data
 import torch
 import torch.nn.functional as F
@@ -20,16 +21,6 @@ from torch import nn
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
 from sslvit.figures import denormalize, image_logger, save_rows
-
-# matplotlib's "inferno" at 0, 1/4, 1/2, 3/4, 1: dark where a head looks little, bright where it looks most.
-INFERNO = torch.tensor([
-    [0.001, 0.000, 0.014],
-    [0.341, 0.062, 0.429],
-    [0.735, 0.216, 0.330],
-    [0.978, 0.557, 0.035],
-    [0.988, 1.000, 0.645],
-])
-
 
 @contextmanager
 def captured_attention(vit: nn.Module, blocks: Sequence[int] = (-1,)) -> Iterator[list[list[torch.Tensor]]]:
@@ -61,7 +52,7 @@ def cls_attention(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] normalised images -> [B, heads, H // patch, W // patch]: the last block's attention
     from the [class] token (query 0) to each patch token (the prefix tokens left out)."""
     if getattr(vit, "cls_token", None) is None:
-        raise ValueError("the backbone has no [class] token to take the attention of")
+        raise ConfigError("the backbone has no [class] token to take the attention of")
     images = images.to(next(vit.parameters()))  # the backbone's device and dtype
     gh, gw = vit.patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))  # this input's grid, also for dynamic sizes
     with captured_attention(vit) as (captured,):
@@ -81,12 +72,10 @@ def stretch(maps: torch.Tensor) -> torch.Tensor:
 
 
 def heat(maps: torch.Tensor) -> torch.Tensor:
-    """[N, H, W] in [0, 1] -> [N, 3, H, W] inferno colours (linear between the anchors)."""
-    pos = maps.clamp(0, 1) * (len(INFERNO) - 1)
-    low = pos.floor().long().clamp(max=len(INFERNO) - 2)  # [N, H, W] anchor below each value
-    colours = INFERNO.to(maps.device)
-    below, above = colours[low].permute(0, 3, 1, 2), colours[low + 1].permute(0, 3, 1, 2)  # [N, 3, H, W]
-    return torch.lerp(below, above, (pos - low)[:, None])
+    """[N, H, W] in [0, 1] -> [N, 3, H, W] float32 colours of matplotlib's inferno map, on ``maps``' device:
+    dark where a head looks little, bright where it looks most."""
+    rgba = matplotlib.colormaps["inferno"](maps.detach().clamp(0, 1).cpu().numpy())  # [N, H, W, 4] float64
+    return torch.from_numpy(rgba[..., :3]).float().permute(0, 3, 1, 2).to(maps.device)
 
 
 def attention_figure(

@@ -1,6 +1,6 @@
 """A 2-D picture of the pooled features, coloured by label: PCA (linear: what a linear probe could
 separate along the main axes) and t-SNE (van der Maaten & Hinton 2008; neighbourhoods, what k-NN
-sees) where scikit-learn is installed.  The silhouette score (cosine, in the full feature space)
+sees), both with scikit-learn.  The silhouette score (cosine, in the full feature space)
 puts one number on how far apart the labelled classes lie: 1 separate, 0 overlapping.
 """
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
 
 from sslvit.analysis.plotting import new_figure, save
 
@@ -25,11 +27,7 @@ def pca_2d(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tsne_2d(feats: torch.Tensor, seed: int = 0) -> Optional[torch.Tensor]:
-    """[M, D] -> [M, 2] t-SNE coordinates; None without scikit-learn or with fewer than 5 points."""
-    try:
-        from sklearn.manifold import TSNE  # lazily: the rest of the analysis does without it
-    except ImportError:
-        return None
+    """[M, D] -> [M, 2] t-SNE coordinates; None with fewer than 5 points."""
     m = feats.shape[0]
     if m < 5:
         return None
@@ -39,13 +37,9 @@ def tsne_2d(feats: torch.Tensor, seed: int = 0) -> Optional[torch.Tensor]:
 
 
 def silhouette(feats: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
-    """Cosine silhouette score of the labelled classes; None without labels, two classes or scikit-learn."""
+    """Cosine silhouette score of the labelled classes; None without labels or two classes."""
     known = labels >= 0
     if known.sum() < 3 or labels[known].unique().numel() < 2 or labels[known].unique().numel() >= known.sum():
-        return None
-    try:
-        from sklearn.metrics import silhouette_score
-    except ImportError:
         return None
     return float(silhouette_score(feats[known].double().numpy(), labels[known].numpy(), metric="cosine"))
 

@@ -37,9 +37,8 @@ def reconstruct(
     the MAE loss on the masked patches)}; the same seeded masks each call."""
     out = {}
     for ratio in ratios:
-        with torch.random.fork_rng(devices=[]):  # the masks are drawn from torch's global generator
-            torch.manual_seed(seed)
-            loss, pred, mask = mae(images, mask_ratio=ratio)
+        generator = torch.Generator(device=images.device).manual_seed(seed)  # torch's global RNG left alone
+        loss, pred, mask = mae(images, mask_ratio=ratio, generator=generator)
         masked, recon = reconstruction_images(images, pred, mask, mae.encoder.patch_size, mae.hparams.norm_pix_loss)
         out[ratio] = (masked, recon, float(loss))
     return out

@@ -6,7 +6,7 @@ and predicts the pixels of the masked patches; the loss is their mean squared er
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -72,10 +72,13 @@ class MAE(LightningModule):
         """The backbone that evaluation and export use."""
         return self.encoder
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: Union[float, None] = None):
-        """[B, C, H, W] -> (loss, pred [B, N, p*p*C], mask [B, N])."""
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: Union[float, None] = None, generator: Optional[torch.Generator] = None
+    ):
+        """[B, C, H, W] -> (loss, pred [B, N, p*p*C], mask [B, N]); the masks are drawn from ``generator``
+        (on ``imgs``' device) when given, else from torch's global generator."""
         ratio = self.hparams.mask_ratio if mask_ratio is None else mask_ratio
-        m = random_masking(imgs.shape[0], self.encoder.num_patches, ratio, device=imgs.device)
+        m = random_masking(imgs.shape[0], self.encoder.num_patches, ratio, device=imgs.device, generator=generator)
         latent = self.encoder.forward_visible(imgs, m.ids_keep)  # [B, 1 + N_keep, D]
         pred = self.decoder(latent, m.ids_restore)  # [B, N, p*p*C]
         target = patchify(imgs, self.encoder.patch_size)  # [B, N, p*p*C]

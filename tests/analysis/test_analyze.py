@@ -75,7 +75,7 @@ def test_tool_writes_every_figure_the_numbers_and_the_report(tool, mae_checkpoin
     assert "no pos**: none, the backbone adds no position embedding" in report
 
 
-@pytest.mark.parametrize("problem", ["backbone", "shards", "names", "out", "ratio"])
+@pytest.mark.parametrize("problem", ["backbone", "shards", "names", "out", "ratio", "ratio0"])
 def test_user_mistakes_are_one_line_naming_them(tool, mae_checkpoint, tiny_shards, tmp_path, capsys, problem):
     out = tmp_path / "out"
     (tmp_path / "file").write_text("")
@@ -85,6 +85,7 @@ def test_user_mistakes_are_one_line_naming_them(tool, mae_checkpoint, tiny_shard
         "names": (["--name", "a", "--name", "b"], "--name"),
         "out": (["--out", str(tmp_path / "file")], "file"),
         "ratio": (["--mask-ratios", "0.5", "1"], "'1'"),
+        "ratio0": (["--mask-ratios", "0", "0.5"], "'0'"),
     }[problem]
     base = ["--backbone", str(mae_checkpoint), "--data", *tiny_shards["val"], "--out", str(out)]
     if problem == "backbone":

@@ -12,8 +12,9 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
-from sslvit.analysis.attention import AttentionMaps, attention_figure, cls_attention
+from sslvit.analysis.attention import AttentionMaps, attention_figure, cls_attention, heat
 from sslvit.data.datamodule import ShardDataModule
+from sslvit.errors import ConfigError
 from sslvit.fit import main as fit
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import MAE
@@ -181,3 +182,20 @@ def test_user_mistakes_are_one_line_naming_them(tool, fitted, tmp_path, capsys, 
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith("attention_maps: error:") and culprit in lines[0]
     assert not out.exists()
+
+
+def test_heat_is_matplotlibs_inferno():
+    import matplotlib
+
+    maps = torch.tensor([[[-0.5, 0.0, 0.3], [0.5, 0.99, 1.5]]])  # [1, 2, 3], clamped to [0, 1]
+    out = heat(maps)
+    assert out.shape == (1, 3, 2, 3) and out.dtype == torch.float32
+    want = matplotlib.colormaps["inferno"](maps.clamp(0, 1).numpy())[..., :3]  # [1, 2, 3, 3]
+    torch.testing.assert_close(out, torch.from_numpy(want).float().permute(0, 3, 1, 2))
+
+
+def test_a_backbone_without_a_class_token_is_a_config_error():
+    vit = Encoder(tiny_encoder()).vit
+    vit.cls_token = None
+    with pytest.raises(ConfigError, match=r"\[class\] token"):
+        cls_attention(vit, torch.randn(1, 3, 32, 32))

@@ -23,8 +23,10 @@ def test_reconstructions_keep_the_visible_patches_and_repeat_their_masks(mae_che
         visible = patchify(masked, 8).abs().sum(-1) > 0  # [B, 16]: masked patches are zero
         assert (visible.sum(1) == round(16 * (1 - ratio))).all()
         assert_close(patchify(recon, 8)[visible], patchify(images, 8)[visible])
+    state = torch.get_rng_state()
     again = reconstruct(mae, images, ratios=(0.5,))
     assert_close(again[0.5][0], out[0.5][0])  # seeded: the same masks each call
+    assert torch.equal(torch.get_rng_state(), state)  # from a generator of its own, torch's global one untouched
 
 
 def test_a_dino_checkpoint_has_no_decoder(tmp_path):
