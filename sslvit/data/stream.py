@@ -301,7 +301,12 @@ class StreamLoader(DataLoader):
     """A DataLoader over a stream; ``position_of()`` -> (epoch, batches already trained in it) is handed
     to the stream each time an epoch starts (Lightning only tells map-style samplers, and restarts an
     iterable from its beginning when it resumes part-way through an epoch).  Workers start afresh each
-    epoch and get it."""
+    epoch and get it.
+
+    The position is read, and the workers started, at the epoch's first batch, not when the iterator is
+    made: Lightning makes one before a checkpoint is restored when it estimates the schedule's length
+    (``estimated_stepping_batches`` sets up the train loader early), and on a resumed run it keeps that
+    iterator for the resumed epoch, which would then start at the beginning of epoch 0."""
 
     def __init__(self, stream: IterableDataset, num_workers: int = 0,
                  position_of: Optional[Callable[[], tuple[int, int]]] = None):
@@ -316,9 +321,28 @@ class StreamLoader(DataLoader):
         self.position_of = position_of
 
     def __iter__(self):
-        if self.position_of is not None:
-            self.dataset.set_epoch(*self.position_of())
+        if self.position_of is None:
+            return super().__iter__()
+        return _FromFirstBatch(self)
+
+    def _start(self) -> Iterator:
+        self.dataset.set_epoch(*self.position_of())
         return super().__iter__()
+
+
+class _FromFirstBatch:
+    """An epoch's iterator that asks where the epoch stands, and starts the loader, at its first batch."""
+
+    def __init__(self, loader: StreamLoader) -> None:
+        self.loader, self.batches = loader, None
+
+    def __iter__(self) -> "_FromFirstBatch":
+        return self
+
+    def __next__(self):
+        if self.batches is None:
+            self.batches = self.loader._start()
+        return next(self.batches)
 
 
 def batches_per_epoch(epoch_samples: int, batch_size: int, world_size: int) -> int:
