@@ -19,7 +19,6 @@ Prints milliseconds per image or crop (median of 5 repeats) and the profile shar
 """
 
 import cProfile
-import io
 import pstats
 import statistics
 import sys

@@ -22,7 +22,6 @@ worker does: the figures are per worker.  Prints one JSON line per pipeline and 
 """
 
 import argparse
-import io
 import json
 import platform
 import random

@@ -19,29 +19,27 @@ from contextlib import nullcontext
 import torch
 from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
 
-from sslvit.models.ema import ema_update_
 from sslvit.models.encoder import EncoderConfig
 from sslvit.objectives.dino import DINO
-from sslvit.objectives.optim import clip_grad_per_param_, param_groups
+from sslvit.objectives.optim import param_groups
 
 
 def bench(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = DINO(encoder=EncoderConfig(size=args.size, patch_size=args.patch, img_size=args.global_size,
-                                       drop_path_rate=0.1), out_dim=args.out_dim).to(device)
-    opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.04), lr=1e-4)
+                                       drop_path_rate=0.1), out_dim=args.out_dim,
+                 freeze_last_layer_epochs=0).to(device)  # the steady state: the last layer trains too
+    opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
     crops += [torch.randn(args.batch, 3, args.local_size, args.local_size, device=device) for _ in range(args.local_crops)]
 
-    def step() -> None:
+    def step() -> None:  # what DINO.training_step runs for one micro-batch per step
         with autocast:
-            loss = model(crops)[0]
+            loss, out = model(crops)
         loss.backward()
-        clip_grad_per_param_(model.student.parameters(), 3.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update_(model.teacher, model.student, 0.996)
+        model.add_teacher_outputs(out["teacher_out"])
+        model.optimizer_update(opt)  # weight decay, clipping, AdamW, EMA teacher, center
 
     seconds, flops = time_steps(step, args.steps, args.warmup, device)
     ips = args.batch * args.steps / seconds

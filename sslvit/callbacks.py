@@ -3,12 +3,12 @@
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sslvit.errors import TrainingStopped
@@ -21,24 +21,35 @@ def batch_images(batch) -> int:
     return (images[0] if isinstance(images, list) else images).shape[0]
 
 
-class ImagesPerSecond(Callback):
-    """Logs global training throughput (images/s over all ranks) to the progress bar and loggers."""
+class ImagesPerSecond(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` (``train/device/samples_per_sec``, and ``train/samples_per_sec``
+    over all ranks), with two changes: a sample is a source image (a multi-crop batch counts each image
+    once, not each crop), and the clock is read only on logging steps, since reading it synchronises
+    the GPU (``torch.cuda.synchronize``), which every other step should not wait for."""
 
-    def __init__(self, window: int = 10) -> None:
-        self.window = window
-        self._t0 = None
-        self._images = 0
+    def __init__(self) -> None:
+        super().__init__(batch_size_fn=self._take_images, window_size=2)  # the rate over the last logging interval
+        self._pending_images = self._pending_batches = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
+    def _take_images(self, batch) -> int:
+        images, self._pending_images = self._pending_images, 0
+        return images
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._images += batch_images(batch) * trainer.world_size
-        if (batch_idx + 1) % self.window == 0:
-            rate = self._images / max(time.perf_counter() - self._t0, 1e-9)
-            pl_module.log("images_per_s", rate, prog_bar=True)
-            self._t0, self._images = time.perf_counter(), 0
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not hasattr(pl_module, "flops_per_batch"):
+            pl_module.flops_per_batch = None  # no model-FLOPs figure (benchmarks/ measure it), and no warning
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+        self._pending_images += batch_images(batch)
+        self._pending_batches += 1
+        if trainer._logger_connector.should_update_logs and not trainer.fit_loop._should_accumulate():
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
+
+    def _update(self, trainer, pl_module, batch, iter_num: int) -> None:
+        self._batches[trainer.state.stage] += self._pending_batches - 1  # Lightning adds the one it sees
+        self._pending_batches = 0
+        super()._update(trainer, pl_module, batch, iter_num)
 
 
 class SeedPerStep(Callback):

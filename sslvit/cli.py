@@ -2,9 +2,9 @@
 runner that turns a user's mistake (``ConfigError``) into one line and exit status 2."""
 
 import argparse
+import os
 import sys
-from pathlib import Path
-from typing import Callable, Union
+from typing import Callable
 
 from sslvit.errors import ConfigError
 
@@ -32,17 +32,6 @@ def at_least(kind: type, low: float):
     return parse
 
 
-def ready_dir(path: Union[str, Path], flag: str) -> Path:
-    """``path`` as a folder that exists (made if need be), checked before any long work; a file in the
-    way or an uncreatable path is a ``ConfigError`` naming ``flag``."""
-    folder = Path(path).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{flag} {str(path)!r}: {err.strerror or err}") from None
-    return folder
-
-
 def run(prog: str, work: Callable[[], object]) -> int:
     """Prints what ``work()`` returns and gives exit status 0; a ``ConfigError`` becomes one line
     ``PROG: error: ...`` on stderr and exit status 2.  Other exceptions are bugs and keep their traceback."""
@@ -53,3 +42,21 @@ def run(prog: str, work: Callable[[], object]) -> int:
         return 2
     print(result)
     return 0
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The backbone, the labelled splits and the feature cache: what ``sslvit.eval.splits.load_splits`` reads."""
+    from sslvit.eval.cache import default_cache_dir
+
+    p.add_argument("--backbone", required=True, metavar="PATH", help="a checkpoint written by sslvit.fit, or an export folder")
+    p.add_argument("--train", required=True, nargs="+", metavar="SHARDS",
+                   help="labelled shards of the bank / training split (files, brace patterns, URLs, digits:train)")
+    p.add_argument("--val", required=True, nargs="+", metavar="SHARDS", help="labelled shards of the evaluation split")
+    p.add_argument("--extract-batch-size", type=at_least(int, 1), default=256, metavar="N",
+                   help="images per batch of feature extraction (default: %(default)s)")
+    p.add_argument("--workers", type=at_least(int, 0), default=min(8, os.cpu_count() or 1), metavar="N",
+                   help="loader processes decoding the shards (default: %(default)s)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help=f"where extracted features are kept for the next run (default: {default_cache_dir()})")
+    p.add_argument("--no-cache", action="store_true", help="extract the features again and keep nothing")
+    p.add_argument("--json", action="store_true", help="end the output with one line of JSON holding the results")

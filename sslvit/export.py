@@ -1,14 +1,10 @@
-"""The trained backbone of a fit checkpoint, as a plain timm VisionTransformer, and its export.
+"""A trained backbone (of a fit checkpoint or an export folder) out as timm weights, or as ONNX.
 
 ``export_backbone`` writes timm's own folder format, what ``timm.models.save_for_hf(...,
 safe_serialization=True)`` writes: ``config.json`` (the architecture and its arguments) and
 ``model.safetensors``.  ``timm.create_model("local-dir:OUT_DIR", pretrained=True)`` loads it with no
-sslvit installed, and the folder can be pushed to a model hub as it is.
-
-Every objective names its evaluation backbone in the checkpoints it writes (``on_save_checkpoint``):
-``checkpoint["sslvit_backbone"] = {"prefix": <state-dict prefix>, "encoder": <EncoderConfig fields>}``;
-MAE's is its encoder, DINO's the EMA teacher's.  Loading reads only that and the weights, with
-``weights_only=True``: no pickled code in a checkpoint runs.
+sslvit installed, and the folder can be pushed to a model hub as it is.  Reading the backbone is
+``sslvit.checkpoint.load_backbone``'s.
 """
 
 from pathlib import Path
@@ -17,60 +13,9 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from sslvit.checkpoint import load_backbone
 from sslvit.errors import ConfigError
-from sslvit.models.encoder import Encoder, EncoderConfig
 from sslvit.models.pos_embed import materialize_pos_embed_
-
-
-def read_checkpoint(path: Union[str, Path], mmap: bool = False) -> dict:
-    """A Lightning checkpoint's dict, loaded without unpickling arbitrary objects (``weights_only``)."""
-    import pickle
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise ConfigError(f"checkpoint {str(path)!r} is not a checkpoint: not the zip archive torch.save writes "
-                          "(truncated, or another kind of file)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:  # an object whose loading could run code
-        raise ConfigError(f"checkpoint {str(path)!r} holds pickled objects other than tensors and plain data; "
-                          "refused, as loading them could run code") from err
-    except Exception as err:  # truncated, or not a checkpoint at all
-        raise ConfigError(f"checkpoint {str(path)!r} cannot be read: {str(err).splitlines()[0]}") from err
-
-
-def backbone_encoder(checkpoint: dict, source: str = "checkpoint") -> Encoder:
-    """The evaluation backbone the objective recorded in ``checkpoint``, weights loaded."""
-    info = checkpoint.get("sslvit_backbone")
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if not info and "encoder" in hparams and any(k.startswith("encoder.vit.") for k in checkpoint.get("state_dict", {})):
-        info = {"prefix": "encoder.", "encoder": hparams["encoder"]}  # an MAE checkpoint from before the entry existed
-    if not info:
-        raise ConfigError(f"{source} has no 'sslvit_backbone' entry: it was not written by sslvit.fit")
-    encoder = Encoder(EncoderConfig(**info["encoder"]), num_classes=info.get("num_classes", 0))
-    prefix = info["prefix"]
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    encoder.load_state_dict(state, strict=True)
-    return encoder.eval()
-
-
-def load_backbone(path: Union[str, Path]) -> nn.Module:
-    """The timm VisionTransformer of a fit checkpoint (DINO: the teacher; MAE: the encoder) or of an
-    export folder, in eval mode."""
-    path = Path(path)
-    if not path.is_dir():
-        return backbone_encoder(read_checkpoint(path), str(path)).vit
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"backbone folder {str(path)!r} has no config.json: not an export folder")
-    import timm  # here: reading a checkpoint needs only torch
-
-    try:
-        return timm.create_model(f"local-dir:{path}", pretrained=True).eval()
-    except Exception as err:  # a config or weights file that is not timm's
-        raise ConfigError(f"backbone folder {str(path)!r} cannot be loaded by timm: {str(err).splitlines()[0]}") from err
 
 
 def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_size: Optional[int] = None) -> Path:

@@ -19,20 +19,22 @@ from typing import Optional
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from sslvit.callbacks import ImagesPerSecond, SeedPerStep, SkipNonFinite, SkippedSamples
-from sslvit.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+from sslvit.checkpoint import AtomicCheckpointIO, read_checkpoint
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.errors import ConfigError, TrainingStopped
-from sslvit.export import read_checkpoint
+from sslvit.files import remove_partial_writes
 from sslvit.summary import read_summary, update_summary
 
 # The stream passes over the batches a resumed epoch already trained on (TrainStream, train_position),
 # which Lightning cannot see: its warning that the loader is not resumable does not apply.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# DINO steps its optimiser itself; its checkpoints hold the state after each step, as they should.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 # sys.argv holds the same arguments as ``args`` on purpose (main): Lightning's DDP launcher re-runs sys.argv.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 
@@ -89,6 +91,8 @@ class FitCLI(LightningCLI):
                     enable_version_counter=False,  # last.ckpt is always the run's latest: what --ckpt_path names
                 )
             )
+        if kwargs.get("logger", cfg["trainer"].get("logger")) and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor(logging_interval="step", log_weight_decay=True))  # every param group
         callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"])]
         kwargs["callbacks"] = callbacks
         plugins = cfg["trainer"].get("plugins") or []
@@ -153,6 +157,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             except ConfigError as err:
                 raise ConfigError(f"--ckpt_path: {err}") from err
         trainer, model = cli.trainer, cli.model
+        if not model.automatic_optimization and trainer.accumulate_grad_batches != 1:
+            raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: "
+                              f"{type(model).__name__} steps its optimiser itself; set "
+                              "model.init_args.accumulate_grad_batches instead")
         trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingStopped as err:
         print(f"sslvit.fit: stopped: {err}", file=sys.stderr)

@@ -2,11 +2,11 @@
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+from sslvit.files import atomic_write
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -23,7 +23,5 @@ def update_summary(run_dir: Path, **values: float) -> None:
     for key, value in values.items():
         value = value.item() if hasattr(value, "item") else value  # tensors and numpy scalars -> Python numbers
         summary[key] = None if isinstance(value, float) and not math.isfinite(value) else value
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summary-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(run_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
-    os.replace(tmp, run_dir / "summary.json")

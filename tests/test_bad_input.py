@@ -1,8 +1,6 @@
 """Every entry point answers a user's mistake with one line naming the culprit and exit status 2, and
 never runs code from an untrusted checkpoint or shard.  ``pytest -s`` prints each answer."""
 
-import importlib.util
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -13,17 +11,14 @@ import yaml
 
 from sslvit.fit import main as fit_main
 from sslvit.models.encoder import Encoder
-from tests.conftest import tiny_encoder
+from tests.helpers import exit_status, load_tool, tiny_encoder
 
 ROOT = Path(__file__).parent.parent
 TOOLS = ("make_shards", "export_backbone", "attention_maps", "knn_eval", "linear_probe", "analyze")
 
 
 def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool(name).main
 
 
 class Evil:
@@ -78,6 +73,8 @@ CASES = [
     ("sslvit.fit", ["{recipe}", "--max_nonfinite_steps=-1"], "--max_nonfinite_steps=-1"),
     ("sslvit.fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--model.init_args.encoder.pos_embed=rel"],
      "pos_embed='rel'"),
+    ("sslvit.fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--data.view=multicrop",
+                    "--trainer.accumulate_grad_batches=2"], "model.init_args.accumulate_grad_batches"),
     ("export_backbone", ["{root}/gone.ckpt", "{root}/out"], "gone.ckpt"),
     ("export_backbone", ["{evil}", "{root}/out"], "evil.ckpt"),
     ("export_backbone", ["{not_ckpt}", "{root}/out"], "notes.ckpt"),
@@ -103,10 +100,7 @@ CASES = [
 def test_one_line_naming_the_culprit_and_exit_status_2(entry, args, culprit, files, capsys):
     argv = [a.format(**files) for a in args]
     run = fit_main if entry == "sslvit.fit" else tool(entry)
-    try:
-        status = run(argv)
-    except SystemExit as stop:  # argparse's own usage errors exit
-        status = stop.code
+    status = exit_status(run, argv)
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "Warning" not in line and line.strip()]
     print(f"\n{entry} {' '.join(args)}\n  -> exit {status}: {err[-1] if err else ''}")
     assert status == 2, err

@@ -38,6 +38,7 @@ class RecordPerRank(Callback):
                    self.out / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", list(MODELS))
 def test_two_process_ddp_fit(objective, tiny_shards, tmp_path):
     model, data = MODELS[objective]

@@ -1,7 +1,6 @@
 """Export round trip: a checkpoint's backbone, written in timm's folder format, loads in plain timm
 (no sslvit imported) and gives the same features."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from timm.layers import resample_abs_pos_embed
 from torch.testing import assert_close
 
-from sslvit.data.datamodule import ShardDataModule
-from sslvit.export import export_backbone, load_backbone
+from sslvit.checkpoint import load_backbone
+from sslvit.export import export_backbone
 from sslvit.objectives import DINO, MAE, Supervised
-from tests.conftest import tiny_encoder
+from tests.helpers import load_tool, tiny_encoder, tiny_fit
 
 ROOT = Path(__file__).parent.parent
 MODELS = {
@@ -40,13 +38,8 @@ def checkpoints(tiny_shards, tmp_path_factory) -> dict:
     out = {}
     for name, make in MODELS.items():
         model = make()
-        view = "multicrop" if name.startswith("dino") else "mae"
-        dm = ShardDataModule(train_shards=tiny_shards["train"], img_size=32, batch_size=8, num_workers=0, view=view,
-                             local_crops=2, local_img_size=16, epoch_samples=64, shuffle_buffer=16)
         root = tmp_path_factory.mktemp(name)
-        trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
-        trainer.fit(model, datamodule=dm)
+        trainer = tiny_fit(model, tiny_shards["train"], root, 2, view="multicrop" if name.startswith("dino") else "mae")
         trainer.save_checkpoint(root / "last.ckpt")
         out[name] = (root / "last.ckpt", model.eval())
     return out
@@ -120,10 +113,7 @@ def test_relative_position_export_resizes_without_changing_a_weight(checkpoints,
 
 
 def tool_main():
-    spec = importlib.util.spec_from_file_location("export_backbone", ROOT / "tools" / "export_backbone.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool("export_backbone").main
 
 
 def test_command_line(checkpoints, tmp_path, capsys):
@@ -141,7 +131,8 @@ def test_command_line(checkpoints, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("export_backbone: error:") and culprit in lines[0], lines
 
 
-@pytest.mark.parametrize("name", ["supervised", "supervised_rel", "dino_hybrid_r50"])
+@pytest.mark.parametrize("name", ["supervised", "supervised_rel",
+                                  pytest.param("dino_hybrid_r50", marks=pytest.mark.slow)])
 def test_onnx_export_matches_torch(name, checkpoints, tmp_path, capsys):
     """The ONNX file gives the features plain timm gives, at a batch size it was not traced with."""
     pytest.importorskip("onnxscript")

@@ -112,6 +112,7 @@ def test_missing_shards_and_recipe_fail_in_one_line(recipe, capsys, tmp_path):
     assert "missing.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_command_line_exit_status_and_no_traceback(recipe):
     proc = subprocess.run(
         [sys.executable, "-m", "sslvit.fit", str(recipe()), "--model.init_args.mask_ratoi=0.5"],

@@ -28,7 +28,11 @@ def test_every_recipe_opens_with_its_command():
         assert "Reaches" in recipe.read_text(), recipe.name
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+FAST = {"quickstart_dino.yaml"}  # the others build paper-size models or evaluate all the digits: seconds each
+
+
+@pytest.mark.parametrize("recipe", [r if r.name in FAST else pytest.param(r, marks=pytest.mark.slow) for r in RECIPES],
+                         ids=lambda p: p.name)
 def test_smoke_path(recipe, tmp_path):
     args = [str(recipe), *CPU, *SMALL.get(recipe.name, []), "--trainer.fast_dev_run=true",
             f"--trainer.default_root_dir={tmp_path}"]

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from sslvit.analysis.attention import save_attention_maps
+from sslvit.checkpoint import load_backbone
 from sslvit.cli import OneLineParser, at_least, run
 from sslvit.data.shards import expand_urls
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view, load_rgb
 from sslvit.errors import ConfigError
-from sslvit.export import load_backbone
 
 PROG = "attention_maps"
 

@@ -14,8 +14,9 @@ Prints the folder.
 import argparse
 import sys
 
+from sslvit.checkpoint import load_backbone
 from sslvit.cli import OneLineParser, at_least, run
-from sslvit.export import export_backbone, export_onnx, load_backbone
+from sslvit.export import export_backbone, export_onnx
 
 PROG = "export_backbone"
 

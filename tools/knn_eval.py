@@ -17,11 +17,11 @@ import json
 import sys
 import time
 
-from sslvit.cli import OneLineParser, at_least, run
+from sslvit.cli import OneLineParser, add_eval_arguments, at_least, run
 from sslvit.errors import ConfigError
 from sslvit.eval.features import POOLED
 from sslvit.eval.knn import build_index, knn_evaluate
-from sslvit.eval.splits import add_arguments, load_splits
+from sslvit.eval.splits import load_splits
 
 PROG = "knn_eval"
 REPORTED_K = 20  # DINO's k-NN figure
@@ -29,7 +29,7 @@ REPORTED_K = 20  # DINO's k-NN figure
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
+    add_eval_arguments(p)
     p.add_argument("--k", nargs="+", type=at_least(int, 1), default=[10, 20, 100, 200], metavar="K",
                    help="neighbours, one result each (default: %(default)s, DINO's)")
     p.add_argument("--temperature", type=at_least(float, 1e-6), default=0.07, metavar="T",

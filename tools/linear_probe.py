@@ -18,18 +18,19 @@ import json
 import sys
 import time
 
-from sslvit.cli import OneLineParser, at_least, ready_dir, run
+from sslvit.cli import OneLineParser, add_eval_arguments, at_least, run
 from sslvit.eval.features import FeatureSpec
 from sslvit.eval.fewshot import L2_REG, check_shots, few_shot
 from sslvit.eval.linear import LEARNING_RATES, ProbeConfig, linear_probe, save_confusion_matrix
-from sslvit.eval.splits import add_arguments, device, load_splits
+from sslvit.eval.splits import device, load_splits
+from sslvit.files import ready_dir
 
 PROG = "linear_probe"
 
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
+    add_eval_arguments(p)
     p.add_argument("--protocol", choices=["mae", "dino"], default="mae", help="features and head (default: %(default)s)")
     p.add_argument("--blocks", type=at_least(int, 1), default=4, metavar="N",
                    help="dino: [class] tokens of the last N blocks (default: %(default)s, DINO ViT-S; ViT-B: 1 with --avgpool)")

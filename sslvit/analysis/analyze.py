@@ -24,11 +24,11 @@ from sslvit.analysis.fourier import fourier_figure, relative_profile
 from sslvit.analysis.layers import LayerStats, layer_stats
 from sslvit.analysis.pos_embed_similarity import cosine_grid, distance_profile, patch_position_table, pos_embed_figure
 from sslvit.analysis.reconstruction import MASK_RATIOS, mae_from_checkpoint, reconstruct, reconstruction_figure
+from sslvit.checkpoint import backbone_encoder, load_backbone, read_checkpoint
 from sslvit.data.shards import expand_urls
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
-from sslvit.export import backbone_encoder, load_backbone, read_checkpoint
 from sslvit.objectives.mae import MAE
 
 

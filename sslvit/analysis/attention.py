@@ -22,6 +22,7 @@ from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
 from sslvit.figures import denormalize, image_logger, save_rows
 
+
 @contextmanager
 def captured_attention(vit: nn.Module, blocks: Sequence[int] = (-1,)) -> Iterator[list[list[torch.Tensor]]]:
     """Inside: ``vit`` in eval mode, the attention of each of ``blocks`` (indices into ``vit.blocks``;

@@ -5,7 +5,7 @@ or in the class list of another split); a folder without sub-folders gives unlab
 Each file is fully decoded once, in worker processes; what PIL cannot decode is left out and
 reported.  A sample keeps the file's own bytes under the extension of the format PIL found
 (``KEY.jpg`` + ``KEY.cls``), in a seeded shuffled order, so no shard holds a single class.
-``OUT/manifest.json`` counts each shard (``shards.manifest_samples``) and records each set.
+``OUT/manifest.json`` counts each shard and records each set (``sslvit.data.shards``: its one reader and writer).
 """
 
 import io
@@ -24,15 +24,15 @@ from typing import Iterator, Optional, Sequence, Union
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from sslvit.data.shards import ShardWriter
+from sslvit.data.shards import ShardWriter, read_manifest, shard_pattern, update_manifest
 from sslvit.data.stream import IMAGE_EXTS
 from sslvit.data.views import to_rgb
 from sslvit.errors import ConfigError
+from sslvit.files import atomic_write
 
 FORMAT_EXTS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 NETPBM_EXTS = {"1": "pbm", "L": "pgm", "I": "pgm", "I;16": "pgm"}  # PIL names all of netpbm "PPM"; else ppm
 JPEG_QUALITY = 95  # images shrunk by resize_max: near-lossless, and JPEG keeps large shards small
-MANIFEST = "manifest.json"
 
 @dataclass
 class ShardSet:
@@ -97,7 +97,7 @@ def folder_to_shards(
         writer.close()
         if not writer.counts:
             raise ConfigError(f"{src}: none of its {len(files)} files is a readable image")
-        old = {name for name in os.listdir(out) if _shard_pattern(prefix).fullmatch(name)}
+        old = {name for name in os.listdir(out) if shard_pattern(prefix).fullmatch(name)}
         for name in writer.counts:  # the new shards first, then the old ones they do not overwrite
             os.replace(tmp / name, out / name)
         for name in old - set(writer.counts):
@@ -115,7 +115,7 @@ def folder_to_shards(
         classes_file.unlink()
     record = dict(source=str(src.resolve()), samples=sum(writer.counts.values()), classes=classes, skipped=skipped,
                   resize_max=resize_max, maxcount=maxcount, maxsize_mb=maxsize_mb, seed=seed)
-    _update_manifest(out, prefix, writer.counts, record)
+    update_manifest(out, shard_pattern(prefix).fullmatch, writer.counts, {prefix: record})
     return ShardSet(out, prefix, dict(writer.counts), skipped, classes)
 
 
@@ -207,20 +207,6 @@ def _load_all(jobs: list[tuple], workers: int, progress: bool, desc: str) -> Ite
         yield from tqdm(pool.imap(load_file, jobs, chunksize), **bar)
 
 
-def _shard_pattern(prefix: str) -> re.Pattern:
-    """``<prefix>-NNNNNN.tar`` exactly: the only files a re-run of ``prefix`` replaces."""
-    return re.compile(re.escape(prefix) + r"-\d{6}\.tar")
-
-
-def read_manifest(out: Path) -> dict:
-    """``out/manifest.json``, or {} where there is none yet."""
-    path = Path(out) / MANIFEST
-    manifest = _read_json(path, "a JSON object") if path.exists() else {}
-    if isinstance(manifest, dict) and isinstance(manifest.get("shards", {}), dict):
-        return manifest
-    raise ConfigError(f"{path}: not a shard manifest (a JSON object with a 'shards' object)")
-
-
 def read_classes(path: Union[str, Path]) -> list[str]:
     """A class list as written beside labelled shards (``<prefix>-classes.json``; index = label)."""
     return _check_classes(_read_json(Path(path), "a JSON list of class names"), str(path))
@@ -252,17 +238,6 @@ def _check_settings(prefix: str, **numbers) -> None:
             raise ConfigError(f"{name}={value}: must be {'positive' if lowest[name] else 'at least 0'}")
 
 
-def _update_manifest(out: Path, prefix: str, counts: dict[str, int], record: dict) -> None:
-    """Replace this prefix's shard counts and set record; keep every other prefix's."""
-    manifest = read_manifest(out)  # read again: another split may have been written meanwhile
-    shards = {k: v for k, v in manifest.get("shards", {}).items() if not _shard_pattern(prefix).fullmatch(k)}
-    manifest["shards"] = dict(sorted({**shards, **counts}.items()))
-    manifest["sets"] = {**manifest.get("sets", {}), prefix: record}
-    write_json(out / MANIFEST, manifest)
-
-
 def write_json(path: Path, obj) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(obj, indent=1) + "\n")

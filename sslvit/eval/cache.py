@@ -14,7 +14,6 @@ A cache entry is ``<key>.pt`` (``feats``, ``labels``, ``keys``, ``skipped``; rea
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -23,14 +22,13 @@ import torch
 
 from sslvit.data.shards import REMOTE_PREFIXES
 from sslvit.eval.features import Features, FeatureSpec
+from sslvit.files import atomic_write, cache_root
 
 VERSION = 1  # bump when extraction changes what it computes
 
 
 def default_cache_dir() -> Path:
     """``$SSLVIT_CACHE/features`` (``~/.cache/sslvit/features``), beside the embedded digits."""
-    from sslvit.data.digits import cache_root
-
     return cache_root() / "features"
 
 
@@ -79,23 +77,13 @@ class FeatureCache:
 
     def save(self, key: str, features: Features, about: dict) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        entry = dict(features._asdict())
-        _atomic(self.path(key), lambda f: torch.save(entry, f))
+        with atomic_write(self.path(key)) as f:
+            torch.save(dict(features._asdict()), f)
         about = {**about, "rows": len(features.keys), "dim": features.feats.shape[1], "skipped": features.skipped,
                  "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _atomic(self.folder / f"{key}.json", lambda f: f.write(json.dumps(about, indent=1).encode()))
+        with atomic_write(self.folder / f"{key}.json", "w") as f:
+            f.write(json.dumps(about, indent=1))
         return self.path(key)
-
-
-def _atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_features(

@@ -2,7 +2,6 @@
 from the feature cache or extracted (batched, no grad, the backbone's timm evaluation transform)."""
 
 import argparse
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -10,29 +9,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from sslvit.cli import at_least, ready_dir
+from sslvit.checkpoint import load_backbone
 from sslvit.data.shards import expand_urls
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
 from sslvit.eval.cache import FeatureCache, cached_features, default_cache_dir
 from sslvit.eval.features import Features, FeatureSpec, extract_features, gather_features
-from sslvit.export import load_backbone
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", required=True, metavar="PATH", help="a checkpoint written by sslvit.fit, or an export folder")
-    p.add_argument("--train", required=True, nargs="+", metavar="SHARDS",
-                   help="labelled shards of the bank / training split (files, brace patterns, URLs, digits:train)")
-    p.add_argument("--val", required=True, nargs="+", metavar="SHARDS", help="labelled shards of the evaluation split")
-    p.add_argument("--extract-batch-size", type=at_least(int, 1), default=256, metavar="N",
-                   help="images per batch of feature extraction (default: %(default)s)")
-    p.add_argument("--workers", type=at_least(int, 0), default=min(8, os.cpu_count() or 1), metavar="N",
-                   help="loader processes decoding the shards (default: %(default)s)")
-    p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help=f"where extracted features are kept for the next run (default: {default_cache_dir()})")
-    p.add_argument("--no-cache", action="store_true", help="extract the features again and keep nothing")
-    p.add_argument("--json", action="store_true", help="end the output with one line of JSON holding the results")
+from sslvit.files import ready_dir
 
 
 @dataclass
@@ -58,7 +42,8 @@ def device() -> torch.device:
 
 
 def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
-    """Both splits' ``spec`` features; user mistakes (paths, unlabelled or empty shards) are ``ConfigError``s."""
+    """Both splits' ``spec`` features, for the arguments ``sslvit.cli.add_eval_arguments`` defines; user
+    mistakes (paths, unlabelled or empty shards) are ``ConfigError``s."""
     start = time.perf_counter()
     cache: Optional[FeatureCache] = None
     if not args.no_cache:  # a bad --cache-dir is told before minutes of extraction, not after

@@ -29,6 +29,11 @@ def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmu
 
 
 class DINOLoss(nn.Module):
+    """The cross-entropy of Eq. 3 and the center of Eq. 4.  The center moves once per optimiser step,
+    from the teacher's outputs on the whole global batch of that step (every micro-batch, every rank):
+    the objective adds them up and calls ``update_center`` after the step, as main_dino.py does after
+    each loss (one micro-batch per step there)."""
+
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()
         self.student_temp = student_temp
@@ -36,34 +41,28 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]; in checkpoints, for exact resume
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
-        """student_out [S x B, K] (the global crops first, then the local ones), teacher_out [n_global x B, K].
-        Returns the mean cross-entropy over the n_global x (S - 1) pairs, then updates the center."""
+        """student_out [S x B, K] (the global crops first, then the local ones), teacher_out [n_global x B, K]
+        -> the mean cross-entropy over the n_global x (S - 1) pairs of different crops."""
         batch = teacher_out.shape[0] // n_global
         n_student = student_out.shape[0] // max(batch, 1)
         if batch == 0 or batch * n_global != teacher_out.shape[0] or n_student * batch != student_out.shape[0]:
             raise ValueError(f"{student_out.shape[0]} student rows and {teacher_out.shape[0]} teacher rows "
                              f"are not whole crops of one batch with {n_global} global crops")
-        teacher_probs = self.teacher_probs(teacher_out, teacher_temp).chunk(n_global)  # n_global x [B, K]
-        student_logp = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(n_student)  # S x [B, K]
-        total, pairs = student_out.new_zeros((), dtype=torch.float32), 0
-        for t, q in enumerate(teacher_probs):
-            for s, logp in enumerate(student_logp):
-                if s == t:
-                    continue  # a view is never its own target
-                total = total + torch.sum(-q * logp, dim=-1).mean()
-                pairs += 1
-        self.update_center(teacher_out)
-        return total / pairs
+        q = self.teacher_probs(teacher_out, teacher_temp).view(n_global, batch, -1)  # [T, B, K]
+        log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(n_student, batch, -1)  # [S, B, K]
+        cross_entropy = -torch.einsum("tbk,sbk->ts", q, log_p) / batch  # [T, S]: batch-mean H(P_t, P_s) of each pair
+        pairs = ~torch.eye(n_global, n_student, dtype=torch.bool, device=cross_entropy.device)  # never a view with itself
+        return cross_entropy[pairs].mean()
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Centred and sharpened teacher distribution, no gradient: [T x B, K]."""
         return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
-    def update_center(self, teacher_out: torch.Tensor) -> None:
-        """c <- m c + (1 - m) mean of the teacher outputs over the global batch (Eq. 4)."""
-        batch_sum = teacher_out.detach().float().sum(dim=0, keepdim=True)  # [1, K]
-        count = teacher_out.shape[0]
+    def update_center(self, teacher_sum: torch.Tensor, count: int) -> None:
+        """c <- m c + (1 - m) x the mean teacher output of the step (Eq. 4): ``teacher_sum`` [1, K] adds up
+        this rank's ``count`` rows; the sum and count are reduced over ranks here."""
+        batch_sum = teacher_sum.detach().float().reshape(1, -1).clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             count *= dist.get_world_size()

@@ -8,7 +8,7 @@ exported backbone is timm's own weights.
 """
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Protocol, Union
 
 import timm
 import torch
@@ -104,6 +104,12 @@ class EncoderConfig:
     def shape(self) -> tuple[int, int, int]:
         width, depth, heads = SIZES[self.size]
         return (self.embed_dim or width, self.depth or depth, self.num_heads or heads)
+
+
+def encoder_config(value: Union[EncoderConfig, dict]) -> EncoderConfig:
+    """An objective's ``encoder`` argument as given in Python, or as the plain data a checkpoint's
+    hyper-parameters hold (``dataclasses.asdict`` of one) -> the config."""
+    return EncoderConfig(**value) if isinstance(value, dict) else value
 
 
 def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
@@ -215,3 +221,10 @@ class Encoder(nn.Module):
         x = vit.norm_pre(x)
         x = vit.blocks(x)
         return vit.norm(x)
+
+
+class HasEvalEncoder(Protocol):
+    """What evaluation, the k-NN monitor, attention maps and export ask of an objective: the backbone
+    they measure (MAE's encoder, DINO's EMA teacher, the supervised encoder)."""
+
+    def eval_encoder(self) -> Encoder: ...

@@ -5,8 +5,12 @@ A student (encoder + DINO head) sees 2 global and several local crops of each im
 the exponential moving average of the student, sees the 2 global crops.  The student learns to
 match the teacher's centred, sharpened distribution over ``out_dim`` prototypes on every other
 crop.  The teacher never receives gradients; it is what evaluation and export use.
+
+DINO steps its optimiser itself (Lightning's manual optimisation), so that one optimiser step reads
+top to bottom in ``training_step`` and ``optimizer_update``, in main_dino.py's order.
 """
 
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from itertools import groupby
 
@@ -14,10 +18,11 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from sslvit.checkpoint import backbone_entry
 from sslvit.errors import ConfigError
 from sslvit.losses.dino import DINOLoss, collapse_stats, teacher_temperature
 from sslvit.models.ema import ema_update_
-from sslvit.models.encoder import Encoder, EncoderConfig
+from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
 from sslvit.models.heads import DINOHead
 from sslvit.objectives.optim import adamw_warmup_cosine, clip_grad_per_param_, schedule_steps, warmup_cosine
 
@@ -62,17 +67,19 @@ class DINO(LightningModule):
         weight_decay: float = 0.04,  # cosine from 0.04 to 0.4 over training (Sec. 4)
         weight_decay_end: float = 0.4,
         betas: tuple[float, float] = (0.9, 0.999),
+        # micro-batches per optimiser step (DINO steps its optimiser itself, so this replaces
+        # trainer.accumulate_grad_batches); the lr and the center follow the whole step's batch
+        accumulate_grad_batches: int = 1,
     ) -> None:
         super().__init__()
-        if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
-            encoder = EncoderConfig(**encoder)
+        encoder = encoder_config(encoder)
         if encoder.pos_embed == "rel":
             raise ConfigError("encoder.pos_embed='rel' does not work with DINO: timm's relative-position bias is "
                               "built for one grid, and the local crops have another")
         encoder = replace(encoder, dynamic_img_size=True)  # local crops need the position embedding resampled
         for key, value in {"out_dim": out_dim, "hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim,
                            "teacher_temp": teacher_temp, "warmup_teacher_temp": warmup_teacher_temp,
-                           "student_temp": student_temp}.items():
+                           "student_temp": student_temp, "accumulate_grad_batches": accumulate_grad_batches}.items():
             if value <= 0:
                 raise ConfigError(f"model.{key}={value} must be positive")
         for key, value in {"momentum_teacher": momentum_teacher, "center_momentum": center_momentum}.items():
@@ -80,6 +87,7 @@ class DINO(LightningModule):
                 raise ConfigError(f"model.{key}={value} must be in [0, 1]")
         self.save_hyperparameters()
         self.hparams["encoder"] = asdict(encoder)  # plain data in checkpoints
+        self.automatic_optimization = False  # training_step runs the whole optimiser step
 
         student_encoder = Encoder(encoder)
 
@@ -93,7 +101,7 @@ class DINO(LightningModule):
         self.teacher.load_state_dict(self.student.state_dict())  # same start; from here only the EMA moves it
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(out_dim, student_temp, center_momentum)
-        self.total_steps = 1  # set by configure_optimizers from the Trainer's estimate
+        self._teacher_sum, self._teacher_rows = None, 0  # the step's teacher outputs so far, for the center
 
     def setup(self, stage: str) -> None:
         """BatchNorm in the heads sees the global batch, as the reference's SyncBatchNorm (CUDA only)."""
@@ -106,59 +114,88 @@ class DINO(LightningModule):
         """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""
         return self.teacher.encoder
 
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of this fit: where the momentum and weight-decay cosines end (1 without a Trainer)."""
+        return schedule_steps(self.trainer, 0, self.hparams.accumulate_grad_batches)[1] if self._trainer else 1
+
     def forward(self, crops: list[torch.Tensor], with_probs: bool = False) -> tuple[torch.Tensor, dict]:
-        """Global crops first: [2 x [B, 3, G, G], n_local x [B, 3, L, L]] -> (loss, teacher outputs for logging);
+        """Global crops first: [2 x [B, 3, G, G], n_local x [B, 3, L, L]] -> (loss, teacher outputs);
         ``with_probs`` adds the teacher's distribution (a second softmax over [2B, K]: only on logging steps)."""
         temp = teacher_temperature(self.current_epoch, self.hparams.warmup_teacher_temp, self.hparams.teacher_temp,
                                    self.hparams.warmup_teacher_temp_epochs)
         with torch.no_grad():
             t_feats, t_out = self.teacher(crops[:N_GLOBAL])  # [2B, D], [2B, K]
         _, s_out = self.student(crops)  # [n_crops x B, K]
-        probs = self.loss.teacher_probs(t_out, temp) if with_probs else None  # before the loss moves the center
         loss = self.loss(s_out, t_out, temp, n_global=N_GLOBAL)
-        return loss, {"teacher_probs": probs, "teacher_feats": t_feats, "teacher_temp": temp}
+        probs = self.loss.teacher_probs(t_out, temp) if with_probs else None
+        return loss, {"teacher_out": t_out, "teacher_probs": probs, "teacher_feats": t_feats, "teacher_temp": temp}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """One micro-batch: forward and backward; after the last of a step's micro-batches, the step."""
         crops = batch["image"]
         if not isinstance(crops, list) or len(crops) <= N_GLOBAL:
             raise ConfigError("DINO trains on several crops per image: set data.view=multicrop (with data.local_crops > 0)")
-        log_stats = self.global_step % self.trainer.log_every_n_steps == 0
-        loss, out = self(crops, with_probs=log_stats)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
-        if log_stats:
+        k = self.hparams.accumulate_grad_batches
+        steps_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        log_stats = steps_now and self.global_step % self.trainer.log_every_n_steps == 0
+        block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)  # DDP: reduce once per step
+        with nullcontext() if steps_now else block_sync():
+            loss, out = self(crops, with_probs=log_stats)
+            self.manual_backward(loss / k)
+        self.add_teacher_outputs(out["teacher_out"])
+        if log_stats:  # before the step: the statistics of the outputs this step trains on
             stats = collapse_stats(out["teacher_probs"], out["teacher_feats"])
-            stats.update(center_norm=float(self.loss.center.norm()), teacher_temp=out["teacher_temp"],
-                         momentum=self.momentum(self.global_step),
-                         weight_decay=self.optimizers().param_groups[0]["weight_decay"])
-            self.log_dict({f"dino/{k}": v for k, v in stats.items()})
+            stats.update(center_norm=self.loss.center.norm(), teacher_temp=out["teacher_temp"],
+                         momentum=self.momentum(self.global_step))
+            self.log_dict({f"dino/{name}": value for name, value in stats.items()})
+        if steps_now:
+            self.optimizer_update(self.optimizers())
+            self.lr_schedulers().step()
+        self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def add_teacher_outputs(self, teacher_out: torch.Tensor) -> None:
+        """Keep the sum of a micro-batch's teacher outputs [n, K] for the center update at the step."""
+        rows = teacher_out.detach().float().sum(0, keepdim=True)  # [1, K]
+        self._teacher_sum = rows if self._teacher_sum is None else self._teacher_sum + rows
+        self._teacher_rows += teacher_out.shape[0]
+
+    def optimizer_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """One optimiser step, once the step's gradients are in, in main_dino.py's order:
+
+        1. the weight decay of this step (cosine schedule) on the decayed group;
+        2. each parameter's gradient clipped to norm ``clip_grad`` on its own;
+        3. the last layer's gradient dropped in the first ``freeze_last_layer_epochs``;
+        4. AdamW at this step's lr (the scheduler's; in a fit, a non-finite step is dropped here by
+           ``SkipNonFinite``), then the gradients cleared;
+        5. the teacher moved towards the student (EMA at this step's momentum);
+        6. the center moved from the teacher's outputs on the whole step's batch.
+        """
+        h, step = self.hparams, self.global_step
+        for group in optimizer.param_groups:
+            if group.get("name") == "decay":
+                group["weight_decay"] = warmup_cosine(step, 0, self.total_steps, h.weight_decay, h.weight_decay_end)
+        if h.clip_grad:
+            clip_grad_per_param_(self.student.parameters(), h.clip_grad)
+        if self.current_epoch < h.freeze_last_layer_epochs:
+            for p in self.student.head.last_layer.parameters():
+                p.grad = None  # AdamW leaves a parameter without a gradient untouched
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update_(self.teacher, self.student, self.momentum(step))
+        if self._teacher_sum is not None:
+            self.loss.update_center(self._teacher_sum, self._teacher_rows)
+        self._teacher_sum, self._teacher_rows = None, 0
 
     def configure_optimizers(self):
         h = self.hparams
-        self.total_steps = schedule_steps(self.trainer, 0)[1]
-        return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr)
+        return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr,
+                                   accumulate=h.accumulate_grad_batches)
 
     def momentum(self, step: int) -> float:
         """Teacher EMA momentum: cosine from ``momentum_teacher`` to 1 over the run."""
         return warmup_cosine(step, 0, self.total_steps, self.hparams.momentum_teacher, 1.0)
 
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        h, step = self.hparams, self.global_step
-        optimizer.param_groups[0]["weight_decay"] = warmup_cosine(step, 0, self.total_steps, h.weight_decay, h.weight_decay_end)
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # forward, backward, AdamW
-        ema_update_(self.teacher, self.student, self.momentum(step))
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self.current_epoch < self.hparams.freeze_last_layer_epochs:
-            for p in self.student.head.last_layer.parameters():
-                p.grad = None  # AdamW leaves a parameter without a gradient untouched
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if self.hparams.clip_grad:
-            clip_grad_per_param_(self.student.parameters(), self.hparams.clip_grad)
-        if gradient_clip_val:  # the Trainer's own clipping, if a recipe also sets it
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sslvit_backbone"] = {"prefix": "teacher.encoder.", "encoder": asdict(self.teacher_cfg)}
+        checkpoint["sslvit_backbone"] = backbone_entry("teacher.encoder.", self.teacher_cfg)

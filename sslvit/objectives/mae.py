@@ -12,10 +12,11 @@ import torch
 from lightning.pytorch import LightningModule
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from sslvit.checkpoint import backbone_entry
 from sslvit.errors import ConfigError
 from sslvit.figures import denormalize, image_logger, save_rows
 from sslvit.losses.mae import mae_loss
-from sslvit.models.encoder import Encoder, EncoderConfig
+from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
 from sslvit.models.mae_decoder import MAEDecoder
 from sslvit.models.masking import random_masking
 from sslvit.models.patches import patchify, unpatchify
@@ -40,8 +41,7 @@ class MAE(LightningModule):
         recon_samples: int = 8,
     ) -> None:
         super().__init__()
-        if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
-            encoder = EncoderConfig(**encoder)
+        encoder = encoder_config(encoder)
         if encoder.pos_embed == "rel" or encoder.stem != "patch":
             # MAE encodes a subset of patch tokens: a ResNet stem would see the masked pixels, and timm's
             # relative-position bias is built for the full grid
@@ -91,7 +91,6 @@ class MAE(LightningModule):
             raise ConfigError("data.view='multicrop' gives several crops per image; MAE trains on one: use data.view=mae")
         loss, pred, mask = self(imgs)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         every = self.hparams.recon_every_n_steps
         if every and self.global_step % every == 0 and self.trainer.is_global_zero and batch_idx % self.trainer.accumulate_grad_batches == 0:
             self.save_reconstruction(imgs, pred, mask)  # once per optimiser step, also with accumulation
@@ -102,7 +101,7 @@ class MAE(LightningModule):
         return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sslvit_backbone"] = {"prefix": "encoder.", "encoder": self.hparams["encoder"]}
+        checkpoint["sslvit_backbone"] = backbone_entry("encoder.", self.hparams["encoder"])
 
     @torch.no_grad()
     def save_reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> Path:

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from timm.data import Mixup
-from timm.layers import resample_abs_pos_embed
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torchmetrics.classification import MulticlassAccuracy
 
+from sslvit.checkpoint import backbone_entry, load_pretrained
 from sslvit.errors import ConfigError
-from sslvit.export import load_backbone
-from sslvit.models.encoder import Encoder, EncoderConfig
+from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
 from sslvit.objectives.optim import adamw_warmup_cosine
 
 
@@ -38,8 +37,7 @@ class Supervised(LightningModule):
         min_lr: float = 1e-6,
     ) -> None:
         super().__init__()
-        if isinstance(encoder, dict):  # from a checkpoint's hyper-parameters
-            encoder = EncoderConfig(**encoder)
+        encoder = encoder_config(encoder)
         if num_classes < 2:
             raise ConfigError(f"model.num_classes={num_classes} must be at least 2")
         if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
@@ -80,7 +78,6 @@ class Supervised(LightningModule):
         else:
             loss = F.cross_entropy(self(images), labels, label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[-1]["lr"], prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -101,18 +98,5 @@ class Supervised(LightningModule):
         return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr, groups)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sslvit_backbone"] = {"prefix": "encoder.", "encoder": self.hparams["encoder"],
-                                         "num_classes": self.hparams.num_classes}
+        checkpoint["sslvit_backbone"] = backbone_entry("encoder.", self.hparams["encoder"], self.hparams.num_classes)
 
-
-def load_pretrained(vit: torch.nn.Module, source: str) -> None:
-    """Initialise ``vit`` from the backbone of a checkpoint or export folder: every weight but the
-    classifier head, the position table resampled (timm's bicubic) when the grid differs."""
-    state = {k: v for k, v in load_backbone(source).state_dict().items() if not k.startswith("head.")}
-    table = state.get("pos_embed")
-    if table is not None and table.shape != vit.pos_embed.shape:
-        state["pos_embed"] = resample_abs_pos_embed(table, new_size=list(vit.patch_embed.grid_size),
-                                                    num_prefix_tokens=vit.num_prefix_tokens)
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("head.") for k in missing):
-        raise ConfigError(f"{source!r} does not fit this encoder: missing {missing}, unexpected {unexpected}")

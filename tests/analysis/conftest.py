@@ -1,34 +1,15 @@
 """Checkpoints for the analysis tests, written as sslvit.fit writes them but without training: the
 analyses read weights and hyper-parameters, and a fit costs seconds that a test of them does not need."""
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 from sslvit.objectives import MAE
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 TINY_DECODER = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def load_tool(name: str) -> ModuleType:
-    """``tools/NAME.py`` as a module, so that its ``main`` runs in this process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def exit_status(tool: ModuleType, argv: list[str]) -> int:
-    """``tool.main(argv)``'s exit status, also where argparse exits by itself."""
-    try:
-        return tool.main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 def save_like_fit(model, path: Path) -> Path:

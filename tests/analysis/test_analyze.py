@@ -18,8 +18,9 @@ from sslvit.analysis.layers import layer_stats
 from sslvit.export import export_backbone
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import MAE
-from tests.analysis.conftest import TINY_DECODER, exit_status, load_tool, save_like_fit
-from tests.conftest import tiny_encoder
+from tests.analysis.conftest import TINY_DECODER, save_like_fit
+from tests.helpers import exit_status, load_tool, tiny_encoder
+
 
 def test_layer_stats_do_not_depend_on_the_batch_size_and_leave_the_model_as_it_was():
     torch.manual_seed(0)

@@ -18,8 +18,7 @@ from sslvit.errors import ConfigError
 from sslvit.fit import main as fit
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import MAE
-from tests.analysis.conftest import exit_status, load_tool
-from tests.conftest import tiny_encoder
+from tests.helpers import exit_status, load_tool, tiny_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "attention_maps.py"
@@ -141,6 +140,7 @@ def run_tool(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_command_line_draws_a_checkpoint_and_names_a_missing_one(fitted, tiny_shards, tmp_path):
     image = tmp_path / "wide.png"
     Image.new("RGB", (64, 40), (200, 30, 30)).save(image)  # resized and cropped by the eval view

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 from sslvit.analysis.embedding import pca_2d
 from sslvit.analysis.filters import filter_components
 from sslvit.models.encoder import Encoder
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
 def test_planted_patterns_come_back_in_order_of_variance():

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 from sslvit.analysis.pos_embed_similarity import cosine_grid, distance_profile, patch_position_table
 from sslvit.models.encoder import Encoder
 from sslvit.models.pos_embed import sincos_2d
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
 def test_sincos_similarity_is_symmetric_with_unit_diagonal_and_falls_along_rows_and_columns():

@@ -5,11 +5,11 @@ import torch
 from torch.testing import assert_close
 
 from sslvit.analysis.reconstruction import mae_from_checkpoint, reconstruct
-from sslvit.export import read_checkpoint
+from sslvit.checkpoint import read_checkpoint
 from sslvit.models.patches import patchify
 from sslvit.objectives import DINO
 from tests.analysis.conftest import save_like_fit
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
 def test_reconstructions_keep_the_visible_patches_and_repeat_their_masks(mae_checkpoint):

@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 from sslvit.data.shards import expand_urls, manifest_samples
-from sslvit.data.stream import EvalStream, decode
+from sslvit.data.stream import EvalStream
 
 
 def test_embedded_digits_written_once_with_exact_counts():
@@ -21,22 +21,3 @@ def test_eval_stream_reads_every_sample_once_with_labels():
     stream = EvalStream(expand_urls("digits:val"), v2.Compose([v2.ToImage()]), batch_size=64)
     labels = [y for batch in stream for y in batch["label"].tolist()]
     assert len(labels) == 300 and set(labels) == set(range(10))
-
-
-def test_decode_gives_rgb_and_label(tiny_shards):
-    import webdataset as wds
-
-    sample = next(iter(wds.DataPipeline(wds.SimpleShardList(tiny_shards["train"][:1]), wds.tarfile_to_samples())))
-    img, label = decode(sample)
-    assert img.mode == "RGB" and img.size == (32, 32) and 0 <= label < 4
-
-
-def test_every_pil_mode_becomes_rgb():
-    from PIL import Image
-
-    from sslvit.data.views import to_rgb
-
-    for mode in ("1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "RGB"):
-        img = Image.new(mode, (5, 4))
-        out = to_rgb(img)
-        assert out.mode == "RGB" and out.size == (5, 4), mode

@@ -1,7 +1,6 @@
 """Image folder -> shards: only decodable files kept, labels from class folders, original bytes,
 re-runs without duplicates, shard rolling, the manifest, and the command line's exit codes."""
 
-import importlib.util
 import io
 import json
 import re
@@ -19,6 +18,7 @@ from sslvit.data.shards import manifest_samples
 from sslvit.data.stream import IMAGE_EXTS, decode
 from sslvit.data.views import to_rgb
 from sslvit.errors import ConfigError
+from tests.helpers import exit_status, load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "make_shards.py"
@@ -221,14 +221,9 @@ def test_command_line_exit_codes(pets, tmp_path):
 
 
 def test_command_line_bad_values_are_one_line(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_shards", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("make_shards")
     for args, named in ((["--maxcount", "0"], "--maxcount"), (["--maxsize", "big"], "--maxsize"),
                         (["--classes", str(tmp_path / "none.json")], "none.json")):
-        try:
-            status = tool.main([str(tmp_path), str(tmp_path / "out"), *args])
-        except SystemExit as stop:  # argparse's own errors
-            status = stop.code
+        status = exit_status(tool, [str(tmp_path), str(tmp_path / "out"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert status == 2 and len(err) == 1 and err[0].startswith("make_shards: error:") and named in err[0], err

@@ -14,10 +14,10 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from sslvit.data.shards import write_shards
-from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
+from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch, decode
 from sslvit.data.views import MAEView
 from sslvit.errors import ConfigError
-from tests.conftest import make_shards
+from tests.helpers import make_shards
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize((8, 8))])
 
@@ -166,3 +166,11 @@ def test_a_stream_resumed_part_way_through_an_epoch_gives_exactly_the_rest(tmp_p
         rest = run(done)
         assert [b["key"] for b in rest] == [b["key"] for b in full[done:]]
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(rest, full[done:]))
+
+
+def test_decode_gives_rgb_and_label(tiny_shards):
+    import webdataset as wds
+
+    sample = next(iter(wds.DataPipeline(wds.SimpleShardList(tiny_shards["train"][:1]), wds.tarfile_to_samples())))
+    img, label = decode(sample)
+    assert img.mode == "RGB" and img.size == (32, 32) and 0 <= label < 4

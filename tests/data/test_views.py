@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from sslvit.data.views import MAEView, MultiCropView, RandomCrop, decode_crops, eval_view, load_rgb, normalize
+from sslvit.data.views import MAEView, MultiCropView, RandomCrop, decode_crops, eval_view, load_rgb, normalize, to_rgb
 from sslvit.models.encoder import Encoder
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
 def encoded(img: Image.Image, fmt: str = "JPEG") -> Image.Image:
@@ -57,12 +57,28 @@ def test_every_mode_and_size_gives_full_crops(mode, size):
     assert [tuple(c.shape) for c in crops] == [(3, 24, 24)] * 2 + [(3, 8, 8)] * 3
 
 
-def test_multicrop_crops_differ_and_are_jittered():
-    torch.manual_seed(0)
-    crops = MultiCropView(32, 16, local_crops=4)(encoded(smooth(120, 90)))
-    g1, g2 = crops[0].float(), crops[1].float()
-    assert not torch.equal(g1, g2)
-    assert all(c.dtype == torch.uint8 for c in crops)
+def test_multicrop_crops_are_grey_jittered_and_blurred_as_dino_draws_them():
+    """Over 150 images: about 20% of the crops grey (R = G = B), the colour of the rest moved by the jitter
+    (p 0.8), and the first global crop (blurred with p 1) smoother than the same crop unblurred."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    img = encoded(noise, "PNG")
+    view, plain = MultiCropView(32, 16, local_crops=2, hflip=False), MultiCropView(32, 16, local_crops=2, hflip=False)
+    plain.photometric = [lambda x: x] * 4
+    grey = moved = smoother = 0
+    for seed in range(150):
+        torch.manual_seed(seed)
+        crops = view(encoded(noise, "PNG"))
+        torch.manual_seed(seed)
+        bare = [c for c in decode_crops(img, plain.crops)]  # the same boxes, no photometric step
+        assert [c.dtype for c in crops] == [torch.uint8] * 4
+        for c, b in zip(crops, bare):
+            grey += bool((c[0] == c[1]).all() and (c[1] == c[2]).all())
+            moved += bool((c.float().mean((1, 2)) - b.float().mean((1, 2))).abs().max() > 1)
+        roughness = [(x.float().diff(dim=-1).abs().mean()) for x in (crops[0], bare[0])]
+        smoother += bool(roughness[0] < roughness[1])
+    assert 0.13 < grey / 600 < 0.27, grey  # p 0.2 per crop: 120 expected, 3.4 standard deviations either way
+    assert moved / 600 > 0.7, moved  # jittered with p 0.8 (and grey-scaling moves the colour too)
+    assert smoother / 150 > 0.9, smoother
 
 
 def test_eval_view_is_timms_resolved_transform():
@@ -78,3 +94,10 @@ def test_device_normalisation_matches_torchvision():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     reference = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(x))
     torch.testing.assert_close(normalize(x, mean, std), reference)
+
+
+def test_every_pil_mode_becomes_rgb():
+    for mode in ("1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "RGB"):
+        img = Image.new(mode, (5, 4))
+        out = to_rgb(img)
+        assert out.mode == "RGB" and out.size == (5, 4), mode

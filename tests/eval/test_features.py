@@ -7,12 +7,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sslvit.checkpoint import load_backbone
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
 from sslvit.eval.features import POOLED, FeatureSpec, extract_features, gather_features
 from sslvit.eval.monitor import held_out_top1
-from sslvit.export import load_backbone
 
 
 def test_pooled_and_dino_features(tiny_backbone):

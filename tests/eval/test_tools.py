@@ -1,6 +1,5 @@
 """tools/knn_eval.py and tools/linear_probe.py on tiny shards: JSON output, the feature cache, user errors."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,16 +8,13 @@ from pathlib import Path
 import pytest
 
 import sslvit.eval.splits
-from tests.conftest import make_shards
+from tests.helpers import load_tool, make_shards
 
 ROOT = Path(__file__).parent.parent.parent
 
 
 def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool(name).main
 
 
 def last_json(out: str) -> dict:
@@ -30,6 +26,7 @@ def common(backbone, shards: dict, cache: Path) -> list[str]:
             "--workers", "0", "--cache-dir", str(cache), "--json"]
 
 
+@pytest.mark.slow
 def test_knn_eval_as_a_subprocess(tiny_backbone, tiny_shards, tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "tools" / "knn_eval.py"),
                           *common(tiny_backbone["ckpt"], tiny_shards, tmp_path), "--k", "5", "20"],

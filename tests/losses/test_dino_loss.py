@@ -61,12 +61,14 @@ def test_center_is_an_ema_of_the_teacher_batch_mean():
     loss_fn.center.copy_(c0)
     teacher = torch.randn(8, 6)
     loss_fn(torch.randn(12, 6), teacher, 0.04)
+    assert torch.equal(loss_fn.center, c0)  # the loss never moves it: the objective does, once per step
+    loss_fn.update_center(teacher.sum(0, keepdim=True), teacher.shape[0])
     assert_close(loss_fn.center, 0.9 * c0 + 0.1 * teacher.mean(0, keepdim=True))
     assert "center" in loss_fn.state_dict()  # saved with checkpoints
 
 
-def test_centering_uses_the_center_before_this_batch():
-    """The loss of a batch is computed with the old center; the update comes after (Alg. 1)."""
+def test_centering_uses_the_current_center():
+    """The loss of a batch is computed with the center as it stands; the update comes after the step (Alg. 1)."""
     torch.manual_seed(2)
     loss_fn = DINOLoss(5)
     loss_fn.center.copy_(torch.randn(1, 5))

@@ -5,11 +5,10 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from torch.testing import assert_close
 
-from sslvit.data.datamodule import ShardDataModule
+from sslvit.checkpoint import load_backbone
 from sslvit.errors import ConfigError
-from sslvit.export import load_backbone
 from sslvit.objectives.dino import DINO
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder, tiny_fit
 
 
 def small_dino(**kw) -> DINO:
@@ -22,13 +21,8 @@ def crops(batch=3, n_local=4):
     return [torch.randn(batch, 3, 32, 32) for _ in range(2)] + [torch.randn(batch, 3, 16, 16) for _ in range(n_local)]
 
 
-def fit(model: DINO, tiny_shards, steps: int, root, **trainer_kw) -> Trainer:
-    dm = ShardDataModule(train_shards=tiny_shards["train"], img_size=32, batch_size=8, num_workers=0, view="multicrop",
-                         local_crops=2, local_img_size=16, epoch_samples=64, shuffle_buffer=16)
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=root, **trainer_kw)
-    trainer.fit(model, datamodule=dm)
-    return trainer
+def fit(model: DINO, tiny_shards, steps: int, root, callbacks=()) -> Trainer:
+    return tiny_fit(model, tiny_shards["train"], root, steps, view="multicrop", callbacks=callbacks)
 
 
 def test_multicrop_shapes_and_position_embedding_resampling():
@@ -92,9 +86,9 @@ def test_momentum_and_weight_decay_follow_cosines(tiny_shards, tmp_path):
     total = model.total_steps
     assert total == 2
     assert model.momentum(0) == pytest.approx(0.996) and model.momentum(total) == pytest.approx(1.0)
-    decay_group = trainer.optimizers[0].param_groups[0]
-    assert decay_group["weight_decay"] == pytest.approx(0.04 + (0.4 - 0.04) * 0.5 * (1 - torch.cos(torch.tensor(torch.pi / 2)).item()))
-    assert trainer.optimizers[0].param_groups[1]["weight_decay"] == 0.0
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    assert groups["decay"]["weight_decay"] == pytest.approx(0.04 + (0.4 - 0.04) * 0.5 * (1 - torch.cos(torch.tensor(torch.pi / 2)).item()))
+    assert groups["no_decay"]["weight_decay"] == 0.0
 
 
 def test_last_layer_is_frozen_in_the_first_epoch(tiny_shards, tmp_path):
@@ -129,3 +123,33 @@ def test_export_picks_the_teacher(tiny_shards, tmp_path):
         assert_close(exported, model.teacher.encoder.vit.forward_features(x))
         assert not torch.allclose(exported, model.student.encoder.vit.forward_features(x), atol=1e-4)
     assert model.eval_encoder() is model.teacher.encoder
+
+
+def test_with_accumulation_the_center_moves_once_per_step_from_the_whole_batch(tiny_shards, tmp_path):
+    """accumulate_grad_batches=2: one optimiser step per 2 micro-batches of 8, the lr scaled for 16 images,
+    and the center moved once, after the second, from the teacher's outputs on both (main_dino.py's
+    center is the mean over the whole global batch of a step)."""
+    model = small_dino(accumulate_grad_batches=2)
+    outputs, centers, steps = [], [], []
+    keep = model.add_teacher_outputs
+
+    def recording(teacher_out):
+        outputs.append(teacher_out.detach().clone())
+        keep(teacher_out)
+
+    model.add_teacher_outputs = recording
+
+    class Recorder(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            centers.append(pl_module.loss.center.clone())
+            steps.append(trainer.global_step)
+
+    trainer = fit(model, tiny_shards, 2, tmp_path, callbacks=[Recorder()])
+    assert steps == [0, 1, 1, 2]  # 4 micro-batches, 2 optimiser steps
+    assert torch.equal(centers[0], torch.zeros_like(centers[0]))  # nothing moved it before the first step
+    first = 0.9 * torch.zeros_like(centers[0]) + 0.1 * torch.cat(outputs[:2]).mean(0, keepdim=True)
+    assert_close(centers[1], first)
+    assert torch.equal(centers[2], centers[1])
+    assert_close(centers[3], 0.9 * first + 0.1 * torch.cat(outputs[2:]).mean(0, keepdim=True))
+    lr0 = trainer.lr_scheduler_configs[0].scheduler.base_lrs[0]
+    assert lr0 == pytest.approx(5e-3 * 16 / 256)

@@ -1,7 +1,7 @@
 import torch
 
 from sslvit.objectives.mae import MAE
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
 def small_mae(**kw):

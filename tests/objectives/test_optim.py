@@ -4,12 +4,13 @@ import pytest
 
 from sslvit.objectives.mae import MAE
 from sslvit.objectives.optim import param_groups, warmup_cosine
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
 def test_no_weight_decay_on_norms_biases_tokens_and_pos_embed():
     model = MAE(encoder=tiny_encoder(pos_embed="learn"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
-    decay, no_decay = param_groups(model.named_parameters(), 0.05)
+    groups = {g["name"]: g for g in param_groups(model, 0.05)}
+    decay, no_decay = groups["decay"], groups["no_decay"]
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
@@ -23,7 +24,7 @@ def test_no_weight_decay_on_norms_biases_tokens_and_pos_embed():
 
 def test_frozen_sincos_pos_embed_is_not_optimised():
     model = MAE(encoder=tiny_encoder(pos_embed="sincos"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
-    params = [p for g in param_groups(model.named_parameters(), 0.05) for p in g["params"]]
+    params = [p for g in param_groups(model, 0.05) for p in g["params"]]
     assert all(p is not model.encoder.vit.pos_embed for p in params)
 
 

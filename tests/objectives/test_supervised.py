@@ -11,9 +11,10 @@ from sslvit.errors import ConfigError
 from sslvit.export import export_backbone
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import Supervised
-from tests.conftest import tiny_encoder
+from tests.helpers import tiny_encoder
 
 
+@pytest.mark.slow
 def test_short_fit_on_the_digits_passes_90_percent_top1():
     torch.manual_seed(0)
     dm = ShardDataModule(train_shards="digits:train", val_shards="digits:val", img_size=32, batch_size=64,

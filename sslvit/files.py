@@ -1,0 +1,102 @@
+"""sslvit's folders and how its files are written.
+
+* ``cache_root()``: where sslvit keeps what it can make again (the embedded digits' shards, extracted
+  features): ``$SSLVIT_CACHE``, or ``~/.cache/sslvit``.
+* ``atomic_write(path)``: every file sslvit writes (checkpoints, ``summary.json``, manifests, the
+  feature cache) goes to a temporary file beside its target and replaces it with ``os.replace``
+  (atomic on POSIX within one file system), so a reader, or a run killed at any moment, sees the old
+  file or the new one, whole, never half of one.  ``durable=True`` also fsyncs the file and its folder,
+  so the rename survives a power cut or a lost node (checkpoints: the one file a resumed run needs).
+* ``atomic_folder(path)``: the same for a folder that is written once and then only read.
+* ``ready_dir(path, what)``: a folder that exists, or one line saying why it cannot, before long work.
+"""
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+from sslvit.errors import ConfigError
+
+TMP_PREFIX = ".partial-"  # what a write cut short leaves behind; remove_partial_writes() clears it
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SSLVIT_CACHE") or Path.home() / ".cache" / "sslvit").expanduser()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: Path) -> None:
+    """A rename into ``folder`` reaches the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: Union[str, Path], mode: str = "wb", durable: bool = False) -> Iterator[IO]:
+    """``with atomic_write(path) as f: f.write(...)``: ``path`` holds what was written once the block
+    ends without an exception, and is untouched otherwise.  The file gets an ordinary new file's mode
+    (0666 less the umask), not ``mkstemp``'s owner-only one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_folder(path.parent)
+
+
+@contextmanager
+def atomic_folder(path: Union[str, Path]) -> Iterator[Path]:
+    """``with atomic_folder(out) as tmp: <write into tmp>``: ``out`` appears with everything written, or
+    not at all.  If another process made ``out`` meanwhile, theirs is kept and ours dropped (both hold
+    the same thing: use it for folders whose content is a function of their name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        try:
+            tmp.rename(path)
+        except OSError:  # another process won the race
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_partial_writes(folder: Union[str, Path]) -> list[Path]:
+    """Temporary files a killed writer left in ``folder`` (never a finished file: those are renamed whole)."""
+    stale = sorted(Path(folder).glob(f"{TMP_PREFIX}*")) if Path(folder).is_dir() else []
+    for f in stale:
+        shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+    return stale
+
+
+def ready_dir(path: Union[str, Path], what: str) -> Path:
+    """``path`` as a folder that exists (made if need be), checked before any long work; a file in the
+    way or an uncreatable path is a ``ConfigError`` naming ``what`` (a flag or a recipe key)."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r}: {err.strerror or err}") from None
+    return folder

@@ -1,0 +1,77 @@
+"""What many tests build: a tiny encoder, tiny shards of learnable images, a tiny fit, a tool's entry point."""
+
+import importlib.util
+import io
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Sequence, Union
+
+import numpy as np
+from lightning.pytorch import LightningModule, Trainer
+from PIL import Image
+
+from sslvit.data.datamodule import ShardDataModule
+from sslvit.data.shards import write_shards
+from sslvit.models.encoder import EncoderConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_encoder(**overrides) -> EncoderConfig:
+    """img 32, patch 8, 2 blocks of width 64: milliseconds per step on a CPU."""
+    args = dict(size="tiny", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
+    return EncoderConfig(**{**args, **overrides})
+
+
+def smooth_image(rng: np.random.Generator, size: int = 32) -> tuple[bytes, int]:
+    """A smooth random colour field (4x4 upsampled) with a class-dependent bright bar: learnable structure."""
+    label = int(rng.integers(0, 4))
+    low = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC)).copy()
+    img[label * size // 4 : (label + 1) * size // 4, :, :] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue(), label
+
+
+def make_shards(out: Path, prefix: str, n: int, per_shard: int = 16, seed: int = 0, labelled: bool = True) -> list[str]:
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        png, label = smooth_image(rng)
+        sample = {"__key__": f"{prefix}-{i:05d}", "png": png}
+        if labelled:
+            sample["cls"] = str(label).encode()
+        samples.append(sample)
+    return write_shards(iter(samples), out, prefix, maxcount=per_shard)
+
+
+def tiny_fit(model: LightningModule, shards: Sequence[str], root: Path, steps: int = 2, view: str = "mae",
+             callbacks: Sequence = (), **data) -> Trainer:
+    """``steps`` optimiser steps of ``model`` on ``shards`` (32 px crops, batches of 8; multi-crop: 2 local
+    crops of 16 px), on the CPU with no logger, progress bar or checkpoints."""
+    data = {"img_size": 32, "batch_size": 8, "num_workers": 0, "epoch_samples": 64, "shuffle_buffer": 16,
+            "local_crops": 2, "local_img_size": 16, **data}
+    dm = ShardDataModule(train_shards=list(shards), view=view, **data)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=root,
+                      callbacks=list(callbacks))
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/NAME.py`` as a module, so that its ``main`` runs in this process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exit_status(tool: Union[ModuleType, Callable], argv: list[str]) -> int:
+    """A tool's exit status for ``argv``, also where argparse exits by itself."""
+    main = tool.main if isinstance(tool, ModuleType) else tool
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
