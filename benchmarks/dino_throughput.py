@@ -1,7 +1,9 @@
-"""DINO training throughput, peak memory and model-FLOPs utilisation.
+"""DINO and DINOv2 training throughput, peak memory and model-FLOPs utilisation.
 
     python benchmarks/dino_throughput.py --size small --batch 8                       # fp32 on the CPU
     python benchmarks/dino_throughput.py --device cuda --precision bf16 --batch 64    # one GPU of the recipe
+    python benchmarks/dino_throughput.py --objective dinov2 --size large --batch 32 --device cuda --precision bf16
+        # DINOv2 ViT-L/14, 2 x 224 + 8 x 98 crops, heads of 131072 (--objective dinov2 sets these defaults)
 
 Times full DINO optimiser steps of sslvit's module on synthetic crops: the teacher on the 2 global
 crops, the student on 2 global + ``--local-crops`` local crops (224 and 96 px by default, ViT-S/16,
@@ -20,30 +22,41 @@ import torch
 from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
 
 from sslvit.models.encoder import EncoderConfig
-from sslvit.objectives.dino import DINO
+from sslvit.objectives import DINO, DINOv2
 from sslvit.objectives.optim import param_groups
+
+DEFAULTS = {  # the papers' crops and heads: DINO ViT-S/16 (main_dino.py), DINOv2 ViT-L/14 (configs/train/vitl14.yaml)
+    "dino": dict(patch=16, local_size=96, local_crops=10, out_dim=65536),
+    "dinov2": dict(patch=14, local_size=98, local_crops=8, out_dim=131072),
+}
 
 
 def bench(args, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model = DINO(encoder=EncoderConfig(size=args.size, patch_size=args.patch, img_size=args.global_size,
-                                       drop_path_rate=0.1), out_dim=args.out_dim,
-                 freeze_last_layer_epochs=0).to(device)  # the steady state: the last layer trains too
-    opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1e-4)
+    encoder = EncoderConfig(size=args.size, patch_size=args.patch, img_size=args.global_size, drop_path_rate=0.1)
+    if args.objective == "dinov2":  # LayerScale, uniform drop path 0.4, two heads (dinov2's vitl14)
+        model = DINOv2(encoder=EncoderConfig(**{**vars(encoder), "init_values": 1e-5, "drop_path_rate": 0.4,
+                                                "drop_path_uniform": True}),
+                       out_dim=args.out_dim, bottleneck_dim=384, ibot_out_dim=args.out_dim, freeze_last_layer_epochs=0)
+    else:
+        model = DINO(encoder=encoder, out_dim=args.out_dim, freeze_last_layer_epochs=0)  # the last layer trains too
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.param_groups() or param_groups(model, 0.04), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
     crops += [torch.randn(args.batch, 3, args.local_size, args.local_size, device=device) for _ in range(args.local_crops)]
 
-    def step() -> None:  # what DINO.training_step runs for one micro-batch per step
+    def step() -> None:  # what SelfDistillation.training_step runs for one micro-batch per step
         with autocast:
             loss, out = model(crops)
         loss.backward()
-        model.add_teacher_outputs(out["teacher_out"])
+        model.add_teacher_outputs(out)
         model.optimizer_update(opt)  # weight decay, clipping, AdamW, EMA teacher, center
 
     seconds, flops = time_steps(step, args.steps, args.warmup, device)
     ips = args.batch * args.steps / seconds
     return {
+        "objective": args.objective,
         "size": args.size,
         "crops": f"2x{args.global_size} + {args.local_crops}x{args.local_size}",
         "out_dim": args.out_dim,
@@ -58,18 +71,21 @@ def bench(args, device: torch.device) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objective", choices=list(DEFAULTS), default="dino")
     ap.add_argument("--size", default="small")
-    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=None, help="default: 16 (DINO), 14 (DINOv2)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--global-size", type=int, default=224)
-    ap.add_argument("--local-size", type=int, default=96)
-    ap.add_argument("--local-crops", type=int, default=10)
-    ap.add_argument("--out-dim", type=int, default=65536)
+    ap.add_argument("--local-size", type=int, default=None, help="default: 96 (DINO), 98 (DINOv2)")
+    ap.add_argument("--local-crops", type=int, default=None, help="default: 10 (DINO), 8 (DINOv2)")
+    ap.add_argument("--out-dim", type=int, default=None, help="default: 65536 (DINO), 131072 (DINOv2)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
+    for key, value in DEFAULTS[args.objective].items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     device = torch.device(args.device)
     peak = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     print(json.dumps({"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
@@ -78,7 +94,7 @@ def main() -> None:
     print(json.dumps(r), flush=True)
     print("\n| model | crops | K | batch | precision | images/s | GFLOP/image (step) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| ViT-{r['size'][0].upper()}/{args.patch} DINO | {r['crops']} | {r['out_dim']} | {r['batch']} | {r['precision']} "
+    print(f"| ViT-{r['size'][0].upper()}/{args.patch} {'DINOv2' if args.objective == 'dinov2' else 'DINO'} | {r['crops']} | {r['out_dim']} | {r['batch']} | {r['precision']} "
           f"| {r['images_per_s']} | {r['gflops_per_image']} | {r['achieved_tflops']} | {r['mfu_of_measured_peak']:.1%} "
           f"| {r['peak_memory_mib']} |")
 

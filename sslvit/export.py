@@ -111,5 +111,8 @@ def timm_model_args(vit: nn.Module) -> dict:
         if hasattr(rel_pos, "mlp"):
             args["rel_pos_dim"] = rel_pos.mlp.fc1.out_features
     else:
-        args.update(dynamic_img_size=vit.dynamic_img_size, pos_embed="none" if vit.pos_embed is None else "learn")
+        args.update(dynamic_img_size=vit.dynamic_img_size, pos_embed="none" if vit.pos_embed is None else "learn",
+                    reg_tokens=vit.num_reg_tokens, no_embed_class=vit.no_embed_class)
+        if not isinstance(block.ls1, nn.Identity):  # LayerScale: the value only initialises gamma, which is loaded
+            args["init_values"] = float(block.ls1.gamma.detach().abs().mean()) or 1e-5
     return args

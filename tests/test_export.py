@@ -13,7 +13,7 @@ from torch.testing import assert_close
 
 from sslvit.checkpoint import load_backbone
 from sslvit.export import export_backbone
-from sslvit.objectives import DINO, MAE, Supervised
+from sslvit.objectives import DINO, MAE, DINOv2, Supervised
 from tests.helpers import load_tool, tiny_encoder, tiny_fit
 
 ROOT = Path(__file__).parent.parent
@@ -29,6 +29,9 @@ MODELS = {
     "supervised_rel": lambda: Supervised(encoder=tiny_encoder(pos_embed="rel"), num_classes=4, cutmix_alpha=0.0),
     "dino_hybrid_r50": lambda: DINO(encoder=tiny_encoder(stem="r50", patch_size=16), out_dim=64, hidden_dim=32,
                                     bottleneck_dim=16),
+    "dinov2_registers": lambda: DINOv2(encoder=tiny_encoder(reg_tokens=4, init_values=1e-5, patch_size=4), out_dim=64,
+                                       hidden_dim=32, bottleneck_dim=16, ibot_out_dim=48, ibot_hidden_dim=32,
+                                       ibot_bottleneck_dim=16),
 }
 
 

@@ -15,6 +15,9 @@ SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the key
     "mae_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
     "dino_vits16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
                          "--trainer.num_nodes=1", "--data.local_crops=2"],
+    "dinov2_vitl14.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
+                           "--trainer.num_nodes=1", "--data.local_crops=2", "--model.init_args.encoder.size=small",
+                           "--model.init_args.out_dim=1024", "--model.init_args.ibot_out_dim=1024"],  # 4 heads of 131072
     "supervised_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
     "finetune_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
 }

@@ -7,7 +7,9 @@ is the target distribution for the student's output on every *other* crop:
     H(a, b) = -sum_k a_k log b_k,   P_t = softmax((g_t - c) / tau_t),   P_s = softmax(g_s / tau_s).
 
 The center ``c`` is an EMA of the teacher's mean output over the global batch (all ranks).
-It is a Module because it holds that center.
+It is a Module because it holds that center.  ``centering="sinkhorn_knopp"`` replaces the centred
+softmax by DINOv2's Sinkhorn-Knopp targets (Oquab et al. 2023, Sec. 4; SwAV, Caron et al. 2020), which
+need no center: three alternating normalisations make every prototype equally used over the batch.
 """
 
 import math
@@ -28,16 +30,72 @@ def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmu
     return warmup_temp + (final_temp - warmup_temp) * epoch / (warmup_epochs - 1)
 
 
+CENTERINGS = ("center", "sinkhorn_knopp")
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp (DINOv2's ``sinkhorn_knopp_teacher``): [n, K] logits of this
+    rank's rows -> [n, K] probabilities, each row summing to 1 and, over all rows of all ranks, each
+    prototype used about equally (exactly B/K in the limit of many iterations).
+
+    Q = exp(logits / temp), then ``iterations`` times: each prototype's row scaled to sum 1/K over all
+    ranks, then each sample's column to 1/B (B: rows over all ranks); finally x B."""
+    distributed = dist.is_available() and dist.is_initialized()
+    x = logits.float()
+    top = x.max() if x.numel() else x.new_zeros(())  # one scalar off every logit changes nothing after the first division
+    if distributed:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp((x - top) / temp).t()  # [K, n]
+    rows = torch.tensor(float(x.shape[0]), device=x.device)  # B: samples over all ranks
+    total = q.sum()
+    if distributed:
+        dist.all_reduce(rows)
+        dist.all_reduce(total)
+    q = q / total.clamp_min(1e-30)
+    k = q.shape[0]
+    for _ in range(iterations):
+        per_prototype = q.sum(dim=1, keepdim=True)  # [K, 1]
+        if distributed:
+            dist.all_reduce(per_prototype)
+        q = q / per_prototype.clamp_min(1e-30) / k
+        q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-30) / rows  # a sample's column is on its own rank
+    return (q * rows).t()
+
+
+def centred_softmax(logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+    """DINO's teacher distribution (Eq. 4): softmax((g - c) / tau_t), no gradient."""
+    return F.softmax((logits.detach().float() - center) / temp, dim=-1)
+
+
+@torch.no_grad()
+def ema_center_(center: torch.Tensor, batch_sum: torch.Tensor, count: int, momentum: float) -> None:
+    """center <- m center + (1 - m) x the mean of the rows ``batch_sum`` adds up (``count`` on this rank);
+    sums and counts are reduced over ranks.  A non-finite batch (its step is skipped) leaves the center
+    as it was: decided on the reduced sum, so every rank decides alike, and without a host sync."""
+    batch_sum = batch_sum.detach().float().reshape(center.shape).clone()
+    count = torch.tensor(float(count), device=center.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(batch_sum)
+        dist.all_reduce(count)
+    new = center * momentum + batch_sum / count.clamp_min(1) * (1.0 - momentum)
+    center.copy_(torch.where(torch.isfinite(batch_sum).all(), new, center))
+
+
 class DINOLoss(nn.Module):
     """The cross-entropy of Eq. 3 and the center of Eq. 4.  The center moves once per optimiser step,
     from the teacher's outputs on the whole global batch of that step (every micro-batch, every rank):
     the objective adds them up and calls ``update_center`` after the step, as main_dino.py does after
     each loss (one micro-batch per step there)."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "center") -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering={centering!r} is not one of {list(CENTERINGS)}")
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]; in checkpoints, for exact resume
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
@@ -55,21 +113,16 @@ class DINOLoss(nn.Module):
         return cross_entropy[pairs].mean()
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """Centred and sharpened teacher distribution, no gradient: [T x B, K]."""
-        return F.softmax((teacher_out.detach().float() - self.center) / teacher_temp, dim=-1)
+        """The teacher's targets, no gradient: [T x B, K], centred and sharpened, or Sinkhorn-Knopp's."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_out.detach(), teacher_temp)
+        return centred_softmax(teacher_out, self.center, teacher_temp)
 
-    @torch.no_grad()
     def update_center(self, teacher_sum: torch.Tensor, count: int) -> None:
         """c <- m c + (1 - m) x the mean teacher output of the step (Eq. 4): ``teacher_sum`` [1, K] adds up
-        this rank's ``count`` rows; the sum and count are reduced over ranks here."""
-        batch_sum = teacher_sum.detach().float().reshape(1, -1).clone()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            count *= dist.get_world_size()
-        new = self.center * self.center_momentum + batch_sum / count * (1.0 - self.center_momentum)
-        # a non-finite batch (its step is skipped) must not poison the center for the rest of the run;
-        # decided on the reduced sum, so every rank decides alike, and without a host sync
-        self.center.copy_(torch.where(torch.isfinite(batch_sum).all(), new, self.center))
+        this rank's ``count`` rows (Sinkhorn-Knopp needs no center: nothing to do)."""
+        if self.centering == "center":
+            ema_center_(self.center, teacher_sum, count, self.center_momentum)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Literal, Optional, Protocol, Union
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath
 from torch import nn
 
 from sslvit.errors import ConfigError
@@ -65,9 +66,14 @@ class EncoderConfig:
     stem: Literal["patch", "r50", "r26"] = "patch"
     global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
     drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
+    drop_path_uniform: bool = False  # the same rate in every block (DINOv2), not timm's linear ramp from 0
     dropout: float = 0.0  # after the position embedding and every dense layer but qkv (ViT paper: 0.1 on ImageNet)
-    weight_init: Literal["timm", "xavier"] = "timm"  # "xavier": MAE reference init (xavier-uniform linears and patch embed, [class] std .02)
+    # "xavier": MAE's reference init (xavier-uniform linears and patch embed, [class] std .02); "dino": timm's,
+    # with the [class] token trunc-normal std .02 as DINO's vision_transformer.py (timm's starts it at 1e-6)
+    weight_init: Literal["timm", "xavier", "dino"] = "timm"
     dynamic_img_size: bool = False  # interpolate pos-embed per input size (DINO's 96 px local crops)
+    reg_tokens: int = 0  # register tokens beside the [class] token (Darcet et al. 2024; DINOv2's reg4 models: 4)
+    init_values: Optional[float] = None  # LayerScale on each residual branch, initialised here (DINOv2: 1e-5)
     # Optional overrides of the size's shape, for tiny test and quick-start models.
     embed_dim: Optional[int] = None
     depth: Optional[int] = None
@@ -94,7 +100,11 @@ class EncoderConfig:
             stride = HYBRID_STEMS[self.stem][1]
             if self.patch_size != stride:
                 raise ConfigError(f"encoder.stem={self.stem!r} has a stride of {stride}: set encoder.patch_size={stride}")
+        if self.reg_tokens < 0:
+            raise ConfigError(f"encoder.reg_tokens={self.reg_tokens} must be >= 0")
         if self.pos_embed == "rel":
+            if self.reg_tokens:
+                raise ConfigError("encoder.reg_tokens needs an absolute position table: not pos_embed='rel'")
             if self.stem != "patch":
                 raise ConfigError(f"encoder.pos_embed='rel' takes only encoder.stem='patch', got {self.stem!r}")
             if self.dynamic_img_size:  # timm's relative-position ViT sizes its bias table once, for one grid
@@ -131,6 +141,7 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         class_token=True,
         drop_path_rate=cfg.drop_path_rate,
         proj_drop_rate=cfg.dropout,
+        init_values=cfg.init_values,
         pretrained_cfg_overlay=dict(
             input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
             mean=IMAGENET_DEFAULT_MEAN,
@@ -144,14 +155,21 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         args.update(rel_pos_type="mlp")  # log-spaced offsets through an MLP: any grid size, so fine-tuning can resize
     else:
         name = TIMM_NAMES[cfg.size]
-        args.update(pos_drop_rate=cfg.dropout, dynamic_img_size=cfg.dynamic_img_size,
+        # registers take rows of the position table, as the [class] token does (timm's no_embed_class=False):
+        # a learned row added to a learned token is the same freedom as DINOv2's registers without one
+        args.update(pos_drop_rate=cfg.dropout, dynamic_img_size=cfg.dynamic_img_size, reg_tokens=cfg.reg_tokens,
                     pos_embed="none" if cfg.pos_embed == "none" else "learn")
         if cfg.stem != "patch":
             name = HYBRID_STEMS[cfg.stem][0]
             args.update(patch_size=1)  # one token per cell of the ResNet's feature map
     vit = timm.create_model(name, **args)
+    if cfg.drop_path_uniform and cfg.drop_path_rate > 0:
+        for block in vit.blocks:  # timm ramps the rate up from 0 (its first block has none): no parameters here
+            block.drop_path1, block.drop_path2 = DropPath(cfg.drop_path_rate), DropPath(cfg.drop_path_rate)
     if cfg.weight_init == "xavier":
         xavier_init_(vit)
+    elif cfg.weight_init == "dino" and vit.cls_token is not None:
+        nn.init.trunc_normal_(vit.cls_token, std=0.02)
     if cfg.pos_embed == "sincos":
         gh, gw = vit.patch_embed.grid_size
         with torch.no_grad():
@@ -203,9 +221,21 @@ class Encoder(nn.Module):
         """Pooled features: [B, C, H, W] -> [B, D] ([class] token or patch mean)."""
         return self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All normed tokens: [B, C, H, W] -> [B, prefix + N, D]."""
-        return self.vit.forward_features(x)
+    def forward_tokens(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None,
+                       mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All normed tokens: [B, C, H, W] -> [B, prefix + N, D] ([class], registers, patches).  With
+        ``masks`` [B, N] (True: masked), those patch embeddings are replaced by ``mask_token`` [D] before
+        the position embedding is added, so a masked token still knows where it is (iBOT, DINOv2)."""
+        if masks is None:
+            return self.vit.forward_features(x)
+        vit = self.vit
+        x = vit.patch_embed(x)  # [B, N, D], or [B, h, w, D] with dynamic size
+        x = torch.where(masks.view(*x.shape[:-1], 1), mask_token.to(x.dtype), x)
+        x = vit._pos_embed(x)  # [B, prefix + N, D]: timm's own pos-embed (and resampling)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        x = vit.blocks(x)
+        return vit.norm(x)
 
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Encode only the patches in ``ids_keep`` (MAE): [B, C, H, W], [B, N_keep] -> [B, 1 + N_keep, D].

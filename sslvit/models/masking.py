@@ -1,5 +1,8 @@
-"""Per-sample random token masking (MAE, He et al. 2022, Sec. 3 "Masking")."""
+"""Token masking: MAE's per-sample random masks (He et al. 2022, Sec. 3 "Masking"), and the block-wise
+masks of BEiT / iBOT that DINOv2 trains its masked-patch loss with."""
 
+import math
+import random
 from typing import NamedTuple, Optional
 
 import torch
@@ -40,3 +43,49 @@ def random_masking(
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """[B, N, D] tokens, [B, M] indices -> [B, M, D]."""
     return x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def block_mask(grid_h: int, grid_w: int, num_masked: int, rng: random.Random, min_block: int = 4,
+               max_block: Optional[int] = None, aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> torch.Tensor:
+    """BEiT's / DINOv2's block-wise mask: rectangles of at least ``min_block`` patches, log-uniform aspect
+    ratio, at most ``max_block`` patches each (default: half the grid), added until ``num_masked`` patches
+    are masked (or a rectangle cannot be placed in 10 tries) -> [grid_h, grid_w] bool."""
+    mask = torch.zeros(grid_h, grid_w, dtype=torch.bool)
+    max_block = max_block or grid_h * grid_w // 2
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+    count = 0
+    while count < num_masked:
+        budget = min(num_masked - count, max_block)
+        added = 0
+        for _ in range(10):
+            area = rng.uniform(min_block, max(min_block, budget))
+            ratio = math.exp(rng.uniform(*log_aspect))
+            h, w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if h < grid_h and w < grid_w:
+                top, left = rng.randint(0, grid_h - h), rng.randint(0, grid_w - w)
+                new = h * w - int(mask[top:top + h, left:left + w].sum())
+                if 0 < new <= budget:
+                    mask[top:top + h, left:left + w] = True
+                    added = new
+                    break
+        if added == 0:
+            break
+        count += added
+    return mask
+
+
+def ibot_masks(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, float] = (0.1, 0.5),
+               probability: float = 0.5, rng: Optional[random.Random] = None) -> torch.Tensor:
+    """DINOv2's masks for a batch of ``n_images`` global crops (its ``collate_data_and_cast``): a fixed
+    ``int(n_images x probability)`` of them, chosen at random, get a block mask whose ratio is drawn from
+    its own stratum of ``ratio`` (linspace bins, so the batch spans the range); the others none.
+    -> [n_images, grid_h * grid_w] bool, True where the patch is replaced by the mask token."""
+    rng = rng or random.Random()
+    n = grid_h * grid_w
+    n_masked = int(n_images * probability)
+    edges = torch.linspace(ratio[0], ratio[1], n_masked + 1).tolist()
+    masks = [block_mask(grid_h, grid_w, int(n * rng.uniform(edges[i], edges[i + 1])), rng).flatten()
+             for i in range(n_masked)]
+    masks += [torch.zeros(n, dtype=torch.bool)] * (n_images - n_masked)
+    rng.shuffle(masks)
+    return torch.stack(masks) if masks else torch.zeros(0, n, dtype=torch.bool)

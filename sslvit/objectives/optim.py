@@ -41,11 +41,12 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start: float, 
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def schedule_steps(trainer: Trainer, warmup_epochs: float, accumulate: Optional[int] = None) -> tuple[int, int]:
+def schedule_steps(trainer: Trainer, warmup_epochs: float, accumulate: Optional[int] = None) -> tuple[int, Optional[int]]:
     """(warm-up steps, total optimiser steps) of this fit, by Lightning's own rule (``estimated_stepping_batches``):
-    ceil(batches / accumulation) steps an epoch, at most ``max_steps``.  ``accumulate``: the micro-batches
-    per step of an objective that steps its optimiser itself (Lightning counts its batches as steps)."""
-    total = int(trainer.estimated_stepping_batches)
+    ceil(batches / accumulation) steps an epoch, at most ``max_steps``; no total (None) when neither bounds
+    the run (only ``max_time`` does).  ``accumulate``: the micro-batches per step of an objective that steps
+    its optimiser itself (Lightning counts its batches as steps)."""
+    total = trainer.estimated_stepping_batches
     if math.isinf(trainer.num_training_batches):  # a run bounded by max_steps alone: Lightning had no need to look
         trainer.fit_loop.setup_data()
     accumulate = accumulate or trainer.accumulate_grad_batches
@@ -53,8 +54,45 @@ def schedule_steps(trainer: Trainer, warmup_epochs: float, accumulate: Optional[
     if accumulate != trainer.accumulate_grad_batches and trainer.max_epochs != -1:
         total = per_epoch * max(trainer.max_epochs, 1)
         total = min(total, trainer.max_steps) if trainer.max_steps != -1 else total
-    warmup = min(int(round(warmup_epochs * per_epoch)), total)
-    return warmup, total
+    total = None if math.isinf(total) else int(total)
+    warmup = int(round(warmup_epochs * per_epoch))
+    return (min(warmup, total) if total is not None else warmup), total
+
+
+class RunLength:
+    """The optimiser steps this fit runs, which every per-step schedule (lr, weight decay, teacher momentum)
+    asks at every step: Lightning's count from epochs and ``max_steps``, or, when ``trainer.max_time``
+    bounds the run, the steps that fit in the time left at the pace measured so far in this run, whichever
+    ends first.  Lightning's ``Timer`` keeps the time already spent in checkpoints, so a run resumed any
+    number of times still ends its cosines at the budget."""
+
+    SKIP = 2  # steps of this run left out of its pace (start-up, the first batches' extra costs)
+    MEASURE = 3  # steps measured before the pace is trusted
+
+    def __init__(self, trainer: Trainer, accumulate: Optional[int] = None) -> None:
+        self.trainer = trainer
+        self.counted = schedule_steps(trainer, 0, accumulate)[1]  # None: only max_time bounds the run
+        self._run_start = None  # the step this run started at
+        self._anchor = None  # (step, seconds spent) where this run's pace is measured from
+
+    def __call__(self) -> int:
+        from lightning.pytorch.callbacks import Timer
+
+        trainer = self.trainer
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        unbounded = 10**12  # before any measurement, and without max_time: no end in sight
+        if timer is None or timer.time_remaining("train") is None:
+            return self.counted or unbounded
+        step, spent = trainer.global_step, timer.time_elapsed("train")
+        if self._run_start is None or step < self._run_start:  # a new run (or the same object in another fit)
+            self._run_start, self._anchor = step, None
+        if self._anchor is None and step >= self._run_start + self.SKIP:
+            self._anchor = (step, spent)
+        if self._anchor is None or step - self._anchor[0] < self.MEASURE:
+            return self.counted or unbounded
+        pace = (spent - self._anchor[1]) / (step - self._anchor[0])  # seconds per optimiser step
+        fits = step + int(timer.time_remaining("train") / max(pace, 1e-9))
+        return min(self.counted, fits) if self.counted else fits
 
 
 def adamw_warmup_cosine(
@@ -66,21 +104,28 @@ def adamw_warmup_cosine(
     min_lr: float,
     groups: Optional[list[dict]] = None,
     accumulate: Optional[int] = None,
+    lr_rule: str = "linear",
+    run_length: Optional[RunLength] = None,
 ) -> dict:
-    """AdamW at lr = base_lr x global batch / 256 (Goyal et al.'s linear rule, as MAE/DINO),
-    with a per-step linear warm-up and cosine decay to ``min_lr``.  ``groups`` defaults to
-    :func:`param_groups`; a group's ``lr_scale`` (timm's layer-wise decay groups) multiplies its lr.
-    ``accumulate``: micro-batches per step of an objective that steps its optimiser itself (DINO)."""
+    """AdamW at lr = base_lr x global batch / 256 (Goyal et al.'s linear rule, as MAE/DINO; ``lr_rule="sqrt"``:
+    base_lr x sqrt(global batch / 1024), DINOv2's), with a per-step linear warm-up and cosine decay to
+    ``min_lr`` that ends where the run does (``run_length``: give the one the objective's other per-step
+    schedules ask, so that all of them end together).  ``groups`` defaults to :func:`param_groups`; a group's ``lr_scale`` (timm's layer-wise
+    decay groups) multiplies its lr, and its ``wd_scale`` (1 where it decays at all) its scheduled weight
+    decay.  ``accumulate``: micro-batches per step of an objective that steps its optimiser itself (DINO)."""
     batch = global_batch_size(module.trainer, accumulate)
-    lr = base_lr * batch / 256
+    lr = base_lr * (math.sqrt(batch / 1024) if lr_rule == "sqrt" else batch / 256)
     warmup, total = schedule_steps(module.trainer, warmup_epochs, accumulate)
-    rank_zero_info(f"sslvit: global batch {batch}, lr {lr:.3g}, {warmup} warm-up of {total} steps")
+    run_length = run_length or RunLength(module.trainer, accumulate)
+    ends = f"of {total} steps" if total is not None else "steps, then a cosine that ends with trainer.max_time"
+    rank_zero_info(f"sslvit: global batch {batch}, lr {lr:.3g}, {warmup} warm-up {ends}")
     groups = param_groups(module, weight_decay) if groups is None else groups
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # the schedule below scales each group's own lr
+        group.setdefault("wd_scale", 1.0 if group["weight_decay"] else 0.0)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup, total, 1.0, min_lr / lr)
+        optimizer, lambda step: warmup_cosine(step, warmup, run_length(), 1.0, min_lr / lr)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 

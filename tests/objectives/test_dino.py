@@ -32,7 +32,7 @@ def test_multicrop_shapes_and_position_embedding_resampling():
     # the 16 px crops go through timm's pos-embed resampling: a 2x2 grid instead of 4x4
     tokens = model.student.encoder.forward_tokens(torch.randn(2, 3, 16, 16))
     assert tokens.shape == (2, 1 + 4, 64)
-    loss, out = model(crops(), with_probs=True)
+    loss, out = model(crops(), with_stats=True)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert out["teacher_probs"].shape == (2 * 3, 128)  # the teacher sees the 2 global crops only
 
@@ -133,9 +133,9 @@ def test_with_accumulation_the_center_moves_once_per_step_from_the_whole_batch(t
     outputs, centers, steps = [], [], []
     keep = model.add_teacher_outputs
 
-    def recording(teacher_out):
-        outputs.append(teacher_out.detach().clone())
-        keep(teacher_out)
+    def recording(out):
+        outputs.append(out["teacher_out"].detach().clone())
+        keep(out)
 
     model.add_teacher_outputs = recording
 

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+from lightning.pytorch.callbacks import Timer
 
 from sslvit.objectives.mae import MAE
 from sslvit.objectives.optim import param_groups, warmup_cosine
@@ -64,3 +65,41 @@ def test_lr_follows_the_true_global_batch(devices, nodes, batch, accumulate):
                       accumulate_grad_batches=accumulate, logger=False)
     trainer.datamodule = ShardDataModule(train_shards="digits:train", batch_size=batch)  # as fit attaches it
     assert global_batch_size(trainer) == batch * devices * nodes * accumulate
+
+
+class FakeTimer(Timer):
+    """What RunLength reads of Lightning's Timer: seconds spent and left of the budget."""
+
+    def __init__(self, budget: float) -> None:  # no super().__init__: nothing of Lightning's clock is used
+        self.budget, self.spent = budget, 0.0
+
+    def time_elapsed(self, stage: str) -> float:
+        return self.spent
+
+    def time_remaining(self, stage: str) -> float:
+        return max(0.0, self.budget - self.spent)
+
+
+def test_a_run_bounded_by_time_ends_its_schedules_with_the_budget():
+    """2 s a step, a 100 s budget with 10 s already spent before this run (a resumed job): after the first
+    steps are skipped and three measured, the run length is what the time left allows; epochs still cap it."""
+    from sslvit.objectives.optim import RunLength
+
+    timer = FakeTimer(100.0)
+    trainer = type("T", (), {"callbacks": [timer], "global_step": 0, "max_epochs": -1, "max_steps": -1,
+                             "accumulate_grad_batches": 1, "num_training_batches": 1000,
+                             "estimated_stepping_batches": float("inf")})()
+    length = RunLength(trainer)
+    assert length.counted is None  # only the time bounds it
+    seen = []
+    timer.spent = 10.0
+    for step in range(0, 12):
+        trainer.global_step = step
+        seen.append(length())
+        timer.spent += 2.0 + (0.5 if step == 0 else 0.0)  # the first step also pays for start-up
+    assert seen[0] == seen[4] == 10**12  # not measured yet: no end in sight, the cosines stay at their start
+    # at step 5: measured from step 2 (spent 14.5 s) over 3 steps at 2 s; 100 - 20.5 = 79.5 s left -> 39 more
+    assert seen[5] == 5 + 39
+    assert all(abs(s - 44) <= 1 for s in seen[5:])  # the estimate holds while the pace does
+    trainer.estimated_stepping_batches = 30.0  # epochs or max_steps end it earlier: they win
+    assert RunLength(trainer).counted == 30

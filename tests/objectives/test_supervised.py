@@ -37,6 +37,7 @@ def test_layer_decay_gives_each_block_its_multiplier():
     class FakeTrainer:  # what adamw_warmup_cosine reads
         datamodule = type("DM", (), {"batch_size": 256})()
         world_size, accumulate_grad_batches, estimated_stepping_batches, num_training_batches = 1, 1, 100, 10
+        callbacks: list = []
 
     model.trainer = FakeTrainer()
     optimizer = model.configure_optimizers()["optimizer"]

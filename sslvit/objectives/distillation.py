@@ -1,0 +1,138 @@
+"""What DINO and DINOv2 share: a student, its EMA teacher, multi-crop micro-batches, and one optimiser step
+in main_dino.py's order.  Both step their optimiser themselves (Lightning's manual optimisation), so that
+the whole step reads top to bottom in ``training_step`` and ``optimizer_update``.
+
+An objective built on it sets ``self.student`` and ``self.teacher`` (the same modules: the teacher a copy
+without drop path and without gradients, moved only by the EMA) and defines
+
+    forward(crops, with_stats) -> (loss, out)   its losses; ``out`` holds what the step and the logs need
+    add_teacher_outputs(out) / update_centers()  the statistics its teacher centers move by, once per step
+    clip_gradients_()                            its gradient clipping (DINO: per parameter; DINOv2: per module)
+
+and takes these arguments (``self.hparams``): base_lr, min_lr, warmup_epochs, weight_decay,
+weight_decay_end, betas, momentum_teacher, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs,
+freeze_last_layer_epochs, clip_grad, use_bn_in_head, accumulate_grad_batches.
+"""
+
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from sslvit.checkpoint import backbone_entry
+from sslvit.errors import ConfigError
+from sslvit.losses.dino import collapse_stats, teacher_temperature
+from sslvit.models.ema import ema_update_
+from sslvit.models.encoder import Encoder
+from sslvit.objectives.optim import RunLength, adamw_warmup_cosine, warmup_cosine
+
+N_GLOBAL = 2  # global crops: the teacher's inputs
+
+
+class SelfDistillation(LightningModule):
+    student: nn.Module
+    teacher: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # training_step runs the whole optimiser step
+        self._run_length: Optional[RunLength] = None
+
+    def setup(self, stage: str) -> None:
+        """BatchNorm in the heads sees the global batch, as the reference's SyncBatchNorm (CUDA only)."""
+        trainer = self.trainer
+        if self.hparams.use_bn_in_head and trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
+
+    def eval_encoder(self) -> Encoder:
+        """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""
+        return self.teacher.encoder
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of this fit, where the momentum and weight-decay cosines end: epochs or max_steps,
+        or what fits in trainer.max_time at the measured pace (1 without a Trainer)."""
+        return self.run_length()() if self._trainer is not None else 1
+
+    def run_length(self) -> RunLength:
+        """The one count of this fit's steps that the lr, weight-decay and momentum schedules all ask."""
+        if self._run_length is None or self._run_length.trainer is not self.trainer:
+            self._run_length = RunLength(self.trainer, self.hparams.accumulate_grad_batches)
+        return self._run_length
+
+    def teacher_temp(self) -> float:
+        h = self.hparams
+        return teacher_temperature(self.current_epoch, h.warmup_teacher_temp, h.teacher_temp, h.warmup_teacher_temp_epochs)
+
+    def momentum(self, step: int) -> float:
+        """Teacher EMA momentum: cosine from ``momentum_teacher`` to 1 over the run."""
+        return warmup_cosine(step, 0, self.total_steps, self.hparams.momentum_teacher, 1.0)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """One micro-batch: forward and backward; after the last of a step's micro-batches, the step."""
+        crops = batch["image"]
+        if not isinstance(crops, list) or len(crops) <= N_GLOBAL:
+            raise ConfigError(f"{type(self).__name__} trains on several crops per image: set data.view=multicrop "
+                              "(with data.local_crops > 0)")
+        k = self.hparams.accumulate_grad_batches
+        steps_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        log_stats = steps_now and self.global_step % self.trainer.log_every_n_steps == 0
+        block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)  # DDP: reduce once per step
+        with nullcontext() if steps_now else block_sync():
+            loss, out = self(crops, with_stats=log_stats)
+            self.manual_backward(loss / k)
+        self.add_teacher_outputs(out)
+        if log_stats:  # before the step: the statistics of the outputs this step trains on
+            stats = collapse_stats(out["teacher_probs"], out["teacher_feats"])
+            stats.update(out.get("losses", {}), teacher_temp=self.teacher_temp(), momentum=self.momentum(self.global_step))
+            self.log_dict({f"{type(self).__name__.lower()}/{name}": value for name, value in stats.items()})
+        if steps_now:
+            self.optimizer_update(self.optimizers())
+            self.lr_schedulers().step()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def optimizer_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """One optimiser step, once the step's gradients are in, in main_dino.py's order:
+
+        1. the weight decay of this step (cosine schedule) on the decayed groups;
+        2. the gradients clipped (``clip_gradients_``);
+        3. the last layer's gradients dropped in the first ``freeze_last_layer_epochs`` (AdamW then
+           leaves those parameters and their moments alone);
+        4. AdamW at this step's lr (the scheduler's; in a fit, a non-finite step is dropped here by
+           ``SkipNonFinite``), then the gradients cleared;
+        5. the teacher moved towards the student (EMA at this step's momentum);
+        6. the teacher centers moved from the teacher's outputs on the whole step's batch.
+        """
+        h, step = self.hparams, self.global_step
+        wd = warmup_cosine(step, 0, self.total_steps, h.weight_decay, h.weight_decay_end)
+        for group in optimizer.param_groups:
+            group["weight_decay"] = wd * group.get("wd_scale", 1.0)
+        if h.clip_grad:
+            self.clip_gradients_()
+        if self.current_epoch < h.freeze_last_layer_epochs:
+            for name, p in self.student.named_parameters():
+                if ".last_layer." in f".{name}":
+                    p.grad = None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update_(self.teacher, self.student, self.momentum(step))
+        self.update_centers()
+
+    def configure_optimizers(self):
+        h = self.hparams
+        return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr,
+                                   groups=self.param_groups(), accumulate=h.accumulate_grad_batches, lr_rule=self.lr_rule,
+                                   run_length=self.run_length())
+
+    lr_rule = "linear"  # lr = base_lr x global batch / 256 (DINO); DINOv2: "sqrt" (x sqrt(batch / 1024))
+
+    def param_groups(self) -> Optional[list[dict]]:
+        """The AdamW groups (None: the default decayed / not decayed groups)."""
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sslvit_backbone"] = backbone_entry("teacher.encoder.", self.teacher.encoder.cfg)
