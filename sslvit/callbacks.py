@@ -73,12 +73,12 @@ class SkippedSamples(Callback):
     end, and written to summary.json.  Kept in checkpoints, so a resumed run keeps counting."""
 
     def __init__(self) -> None:
-        self._local = torch.zeros(2, dtype=torch.long)  # this rank, since the last reduction
+        self._local = torch.zeros(2, dtype=torch.long)  # this rank, since the last reduction (where batches are)
         self.total = torch.zeros(2, dtype=torch.long)  # all ranks, up to the last reduction
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if isinstance(batch, dict) and "skipped" in batch:
-            self._local += batch["skipped"].cpu()
+        if isinstance(batch, dict) and "skipped" in batch:  # added where the batch is: no host sync
+            self._local = self._local.to(batch["skipped"].device) + batch["skipped"]
         if (batch_idx + 1) % trainer.log_every_n_steps == 0:
             self._report(trainer, pl_module)
 
@@ -96,7 +96,7 @@ class SkippedSamples(Callback):
             rank_zero_warn(f"the data stream skipped {int(new[0])} more samples and {int(new[1])} shards "
                            f"(total {int(self.total[0] + new[0])} and {int(self.total[1] + new[1])}); see the warnings above")
         self.total += new
-        self._local.zero_()
+        self._local = torch.zeros_like(self._local)
 
     def _report(self, trainer, pl_module) -> None:
         self._reduce(trainer, pl_module)
@@ -115,33 +115,55 @@ class SkipNonFinite(Callback):
     ``limit`` skipped steps the run stops with one line naming the step.  The weights never see such a
     step, so every checkpoint stays good.
 
-    Checked after the gradients are reduced over ranks, so every rank skips (or stops at) the same
-    step.  A skipped step drops every gradient (AdamW leaves a parameter with no gradient and its
-    moments as they are, weight decay included) while the step count and schedules go on, as a mixed-
-    precision loss scaler skips steps.  Under fp16 mixed precision the scaler already does this, so this
-    stays out of its way.  The check costs one device sync per optimiser step, as the DINO and MAE
-    references' ``math.isfinite(loss.item())`` does."""
+    Checked after the gradients are reduced over ranks, so every rank skips (or stops at) the same step,
+    while the step count and schedules go on, as a mixed-precision loss scaler skips steps.  Under fp16
+    mixed precision the scaler already does this, so this stays out of its way.  With a fused optimiser
+    (the objectives' AdamW) the check costs no host sync: its verdict stays on the device, where the fused
+    step reads it (``found_inf``, as the loss scaler hands it over) and skips itself; the count, the step
+    and the loss are read on logging steps only.  Another optimiser gets the step's gradients dropped,
+    which costs one sync a step, as the DINO and MAE references' ``math.isfinite(loss.item())`` does."""
 
     def __init__(self, limit: int = 20) -> None:
         self.limit = limit
-        self.skipped = 0  # in checkpoints: a resumed run keeps counting
+        self.skipped = 0  # reported so far; in checkpoints, so a resumed run keeps counting
+        self._pending = None  # on the device: [steps skipped since the last report, the last one's step, its loss]
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._loss = loss.detach()
+        self._loss = loss.detach().float()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if str(trainer.precision).startswith("16"):
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params or bool(torch.isfinite(torch.stack(torch._foreach_norm([p.grad for p in params]))).all()):
+        torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps it
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+            if torch_optimizer.defaults.get("fused"):
+                torch_optimizer.found_inf = bad.float()  # the fused step skips itself on the device
+            elif bad:  # one sync: the optimiser passes over parameters without a gradient
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.grad = None
+            if self._pending is None:
+                self._pending = torch.zeros(3, device=bad.device)
+            p, loss = self._pending, getattr(self, "_loss", torch.tensor(float("nan"))).to(bad.device)
+            self._pending = torch.where(bad, torch.stack([p[0] + 1, torch.zeros_like(p[1]), loss]),
+                                        torch.stack([p[0], p[1] + 1, p[2]]))  # [skipped, steps since the last, its loss]
+        if trainer._logger_connector.should_update_logs or trainer.global_step + 1 >= trainer.max_steps > 0:
+            self._report(trainer, pl_module)
+
+    def _report(self, trainer, pl_module, log: bool = True) -> None:
+        """On logging steps: add up what was skipped (a host sync), say so, and stop past the limit."""
+        if self._pending is None:
             return
-        for p in params:
-            p.grad = None  # the optimiser passes over every parameter: the step changes nothing
-        self.skipped += 1
-        loss = getattr(self, "_loss", None)
-        what = f"non-finite {'loss ' + format(float(loss), 'g') if loss is not None else 'gradients'} at step " \
-               f"{trainer.global_step} (epoch {trainer.current_epoch})"
-        pl_module.log("nonfinite_steps", float(self.skipped), rank_zero_only=True)
+        count, ago, loss = self._pending.tolist()
+        self._pending = None
+        if not count:
+            return
+        self.skipped += int(count)
+        what = f"non-finite loss {loss:g} at step {trainer.global_step - int(ago)} (epoch {trainer.current_epoch})"
+        if log:
+            pl_module.log("nonfinite_steps", float(self.skipped), rank_zero_only=True)
         if self.skipped > self.limit:
             ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
             kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
@@ -151,6 +173,7 @@ class SkipNonFinite(Callback):
             print(f"sslvit.fit: {what}: step skipped ({self.skipped} of at most {self.limit})", file=sys.stderr)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._report(trainer, pl_module, log=False)
         update_summary(Path(trainer.default_root_dir), nonfinite_steps=self.skipped)
 
     def state_dict(self) -> dict:

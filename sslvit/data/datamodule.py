@@ -103,6 +103,15 @@ class ShardDataModule(LightningDataModule):
         urls = expand_urls(spec, f"data.{which}_shards")
         return StreamLoader(EvalStream(urls, view, batch_size, rank, world_size), self.hparams.num_workers)
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """An objective that trains on labels (``needs_labels``) gets only labelled batches: checked here, on
+        the host, where the check does not wait for the GPU."""
+        module = self.trainer.lightning_module if self.trainer else None
+        if getattr(module, "needs_labels", False) and isinstance(batch, dict) and bool((batch["label"] < 0).any()):
+            raise ConfigError(f"{type(module).__name__} trains on labels: every sample needs a .cls; "
+                              f"{int((batch['label'] < 0).sum())} of a batch of {len(batch['label'])} have none")
+        return batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training views give uint8 crops; normalise them here, on the device, once per batch."""
         if isinstance(batch, dict) and "image" in batch:

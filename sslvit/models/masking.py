@@ -5,6 +5,7 @@ import math
 import random
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 
 
@@ -46,11 +47,12 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def block_mask(grid_h: int, grid_w: int, num_masked: int, rng: random.Random, min_block: int = 4,
-               max_block: Optional[int] = None, aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> torch.Tensor:
+               max_block: Optional[int] = None, aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> np.ndarray:
     """BEiT's / DINOv2's block-wise mask: rectangles of at least ``min_block`` patches, log-uniform aspect
     ratio, at most ``max_block`` patches each (default: half the grid), added until ``num_masked`` patches
-    are masked (or a rectangle cannot be placed in 10 tries) -> [grid_h, grid_w] bool."""
-    mask = torch.zeros(grid_h, grid_w, dtype=torch.bool)
+    are masked (or a rectangle cannot be placed in 10 tries) -> [grid_h, grid_w] bool (numpy: drawn on
+    the host, where no device waits for it)."""
+    mask = np.zeros((grid_h, grid_w), dtype=bool)
     max_block = max_block or grid_h * grid_w // 2
     log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
     count = 0
@@ -79,13 +81,13 @@ def ibot_masks(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, floa
     """DINOv2's masks for a batch of ``n_images`` global crops (its ``collate_data_and_cast``): a fixed
     ``int(n_images x probability)`` of them, chosen at random, get a block mask whose ratio is drawn from
     its own stratum of ``ratio`` (linspace bins, so the batch spans the range); the others none.
-    -> [n_images, grid_h * grid_w] bool, True where the patch is replaced by the mask token."""
+    -> [n_images, grid_h * grid_w] bool (on the CPU), True where the patch is replaced by the mask token."""
     rng = rng or random.Random()
     n = grid_h * grid_w
     n_masked = int(n_images * probability)
-    edges = torch.linspace(ratio[0], ratio[1], n_masked + 1).tolist()
-    masks = [block_mask(grid_h, grid_w, int(n * rng.uniform(edges[i], edges[i + 1])), rng).flatten()
+    edges = np.linspace(ratio[0], ratio[1], n_masked + 1)
+    masks = [block_mask(grid_h, grid_w, int(n * rng.uniform(edges[i], edges[i + 1])), rng).reshape(-1)
              for i in range(n_masked)]
-    masks += [torch.zeros(n, dtype=torch.bool)] * (n_images - n_masked)
+    masks += [np.zeros(n, dtype=bool)] * (n_images - n_masked)
     rng.shuffle(masks)
-    return torch.stack(masks) if masks else torch.zeros(0, n, dtype=torch.bool)
+    return torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, n, dtype=torch.bool)

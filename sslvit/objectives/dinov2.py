@@ -130,12 +130,12 @@ class DINOv2(SelfDistillation):
         h, temp = self.hparams, self.teacher_temp()
         global_crops = torch.cat(crops[:N_GLOBAL])  # [2B, 3, G, G]: crop 0 of every image, then crop 1
         grid = tuple(s // self.student.encoder.patch_size for s in global_crops.shape[-2:])
-        rng = random.Random(int(torch.randint(2**62, (1,))))  # from torch's generator, which each step seeds
+        rng = random.Random(random.getrandbits(63))  # from Python's generator, which each step seeds (SeedPerStep)
         masks = ibot_masks(global_crops.shape[0], *grid, tuple(h.mask_ratio), h.mask_probability, rng)  # [2B, N]
         device = global_crops.device
-        where = masks.flatten().nonzero()[:, 0].to(device)  # [M] masked patches among the 2B x N, found on the host
+        where = masks.flatten().nonzero()[:, 0].to(device, non_blocking=True)  # [M] masked patches of the 2B x N, found on the host
         image_of = where // masks.shape[1]  # [M]: the crop each one is from
-        masks = masks.to(device)
+        masks = masks.to(device, non_blocking=True)
 
         with torch.no_grad():
             t_cls, t_patches = self.teacher.global_tokens(global_crops)  # the teacher sees the crops whole

@@ -123,7 +123,8 @@ def adamw_warmup_cosine(
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # the schedule below scales each group's own lr
         group.setdefault("wd_scale", 1.0 if group["weight_decay"] else 0.0)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # fused: one kernel per step, and the non-finite skip (SkipNonFinite) reads its verdict on the device
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup, run_length(), 1.0, min_lr / lr)
     )

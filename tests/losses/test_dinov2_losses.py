@@ -99,7 +99,7 @@ def test_block_mask_covers_the_asked_patches_in_rectangles():
     rng = random.Random(0)
     for target in (0, 5, 20, 50):
         mask = block_mask(10, 10, target, rng)
-        assert mask.shape == (10, 10) and mask.dtype == torch.bool
+        assert mask.shape == (10, 10) and mask.dtype == bool
         assert mask.sum() <= target and (target == 0 or mask.sum() >= min(target, 4))
 
 
