@@ -29,7 +29,7 @@ def bench(args, device: torch.device) -> dict:
     model = DINO(encoder=EncoderConfig(size=args.size, patch_size=args.patch, img_size=args.global_size,
                                        drop_path_rate=0.1), out_dim=args.out_dim,
                  freeze_last_layer_epochs=0).to(device)  # the steady state: the last layer trains too
-    opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1e-4)
+    opt = torch.optim.AdamW(param_groups(model, 0.04, model.WEIGHT_DECAY_EXEMPT), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
     crops += [torch.randn(args.batch, 3, args.local_size, args.local_size, device=device) for _ in range(args.local_crops)]

@@ -17,6 +17,9 @@ SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the key
                          "--trainer.num_nodes=1", "--data.local_crops=2"],
     "supervised_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
     "finetune_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
+    "finetune_vitl16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
+                             "--trainer.accumulate_grad_batches=1",
+                             "--model.init_args.encoder.size=base"],  # ViT-L: 5 GB of Adam state
 }
 
 

@@ -13,12 +13,14 @@ top to bottom in ``training_step`` and ``optimizer_update``, in main_dino.py's o
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from itertools import groupby
+from typing import Optional
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from sslvit.checkpoint import backbone_entry
+from sslvit.checkpoint import backbone_entry, load_dino_init
 from sslvit.errors import ConfigError
 from sslvit.losses.dino import DINOLoss, collapse_stats, teacher_temperature
 from sslvit.models.ema import ema_update_
@@ -45,6 +47,10 @@ class EncoderWithHead(nn.Module):
 
 
 class DINO(LightningModule):
+    # Weight decay on the [class] token and the position table too: main_dino.py's utils.get_params_groups exempts
+    # only biases and 1-D parameters.
+    WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ()
+
     def __init__(
         self,
         encoder: EncoderConfig = EncoderConfig(size="small", drop_path_rate=0.1),  # ViT-S/16, drop path 0.1 (the released ViT-S/16 arguments)
@@ -70,6 +76,9 @@ class DINO(LightningModule):
         # micro-batches per optimiser step (DINO steps its optimiser itself, so this replaces
         # trainer.accumulate_grad_batches); the lr and the center follow the whole step's batch
         accumulate_grad_batches: int = 1,
+        # training goes on from a DINO checkpoint (the reference's full one: student, teacher, heads, center; or
+        # sslvit's), or from any backbone (heads fresh); weights only, the optimiser and schedules start anew
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         encoder = encoder_config(encoder)
@@ -101,6 +110,8 @@ class DINO(LightningModule):
         self.teacher.load_state_dict(self.student.state_dict())  # same start; from here only the EMA moves it
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(out_dim, student_temp, center_momentum)
+        if init_from:
+            rank_zero_info(load_dino_init(self.student, self.teacher, self.loss.center, init_from))
         self._teacher_sum, self._teacher_rows = None, 0  # the step's teacher outputs so far, for the center
 
     def setup(self, stage: str) -> None:
