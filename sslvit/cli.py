@@ -33,14 +33,16 @@ def at_least(kind: type, low: float):
 
 
 def run(prog: str, work: Callable[[], object]) -> int:
-    """Prints what ``work()`` returns and gives exit status 0; a ``ConfigError`` becomes one line
-    ``PROG: error: ...`` on stderr and exit status 2.  Other exceptions are bugs and keep their traceback."""
+    """Prints what ``work()`` returns (nothing for None: a rank that does not report) and gives exit status 0; a
+    ``ConfigError`` becomes one line ``PROG: error: ...`` on stderr and exit status 2.  Other exceptions are bugs
+    and keep their traceback."""
     try:
         result = work()
     except ConfigError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    print(result)
+    if result is not None:
+        print(result)
     return 0
 
 
