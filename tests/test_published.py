@@ -177,3 +177,32 @@ def test_files_that_are_no_known_layout_are_one_line_errors(tmp_path):
         load_backbone(tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="does not exist"):
         load_backbone(tmp_path / "missing.pth")
+
+
+def test_sslvit_load_backbone_is_the_checkpoint_one():
+    import sslvit
+
+    assert sslvit.load_backbone is load_backbone
+
+
+def test_the_evaluation_tools_take_released_files_and_timm_names(tiny_shards, tmp_path, capsys):
+    import json
+
+    from timm.models import save_for_hf
+
+    from sslvit.export import timm_model_args
+    from tests.helpers import load_tool
+
+    dino = small_dino()
+    full = write_dino_full(dino, tmp_path / "checkpoint.pth")
+    save_for_hf(dino.teacher.encoder.vit, tmp_path / "hub", model_args=timm_model_args(dino.teacher.encoder.vit),
+                safe_serialization=True)
+    linear_probe = load_tool("linear_probe").main
+    results = []
+    for backbone in (str(full), f"local-dir:{tmp_path / 'hub'}"):
+        argv = ["--backbone", backbone, "--train", *tiny_shards["train"], "--val", *tiny_shards["val"], "--workers", "0",
+                "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--lrs", "0.1", "--json"]
+        assert linear_probe(argv) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[0]["per_lr"] == results[1]["per_lr"]  # the same teacher, read from either
+    assert results[1]["features_cached"] == {"train": False, "val": False}  # another source: not the first's entry
