@@ -15,6 +15,7 @@ instead: the target is always the old checkpoint or the new one, whole.  Object 
 ...) keep Lightning's path, where an upload is all-or-nothing anyway.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -26,6 +27,7 @@ from torch import nn
 from sslvit.errors import ConfigError
 from sslvit.files import atomic_write
 from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
+from sslvit.models.pos_embed import sincos_2d_rows_first
 from sslvit.published import LAYOUTS, build_backbone, read_published, strip_prefix
 
 BACKBONE_KEY = "sslvit_backbone"
@@ -125,7 +127,9 @@ def read_pretrained(source: Union[str, Path]) -> Pretrained:
     checkpoint = read_checkpoint(path)
     if BACKBONE_KEY in checkpoint or "hyper_parameters" in checkpoint:  # written by sslvit.fit
         state = checkpoint.get("state_dict", {})
-        return Pretrained(backbone_encoder(checkpoint, text).vit, "sslvit",
+        vit = backbone_encoder(checkpoint, text).vit
+        restore_mae_decoder_table(state, tuple(vit.patch_embed.grid_size))
+        return Pretrained(vit, "sslvit",
                           decoder=strip_prefix(state, "decoder.") or None,
                           student=_dino_side(state, "student."), teacher=_dino_side(state, "teacher."),
                           center=state.get("loss.center"))
@@ -137,6 +141,14 @@ def read_pretrained(source: Union[str, Path]) -> Pretrained:
     except ConfigError as err:
         raise ConfigError(f"checkpoint {text!r}: {err}") from err
     return Pretrained(vit, published.layout, published.decoder, published.student, published.teacher, published.center)
+
+
+def restore_mae_decoder_table(state: dict, grid: tuple[int, int]) -> None:
+    """MAE checkpoints written before the decoder's sin-cos table was in the state dict were trained with the rows in
+    the first half of its channels (sslvit's order then; MAE's puts the columns there): that table, put back into
+    ``state`` (a fit checkpoint's ``state_dict``); other checkpoints are left as they are."""
+    if "decoder.embed.weight" in state and "decoder.pos_embed" not in state:
+        state["decoder.pos_embed"] = sincos_2d_rows_first(state["decoder.embed.weight"].shape[0], *grid, num_prefix=1)
 
 
 def _dino_side(state: dict, prefix: str) -> Optional[dict]:
@@ -176,6 +188,10 @@ def load_pretrained(vit: nn.Module, source: Union[str, Path, nn.Module]) -> None
     load_backbone_state(vit, source_vit.state_dict(), str(source) if not isinstance(source, nn.Module) else "the backbone")
 
 
+REGISTERS_HINT = (" (registers, their position slots or LayerScale differ: set encoder.reg_tokens, "
+                  "encoder.no_embed_class and encoder.init_values as the source has them)")
+
+
 def load_backbone_state(vit: nn.Module, state: dict, source: str) -> None:
     """``state`` (timm ViT names) into ``vit``, as :func:`load_pretrained` says."""
     from timm.layers import resample_abs_pos_embed
@@ -189,11 +205,17 @@ def load_backbone_state(vit: nn.Module, state: dict, source: str) -> None:
     table = state.get("pos_embed")
     if table is not None and table.shape != vit.pos_embed.shape:
         prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
+        grid = table.shape[1] - prefix
+        if grid < 1 or math.isqrt(grid) ** 2 != grid:  # the source's table has other prefix rows than ours
+            raise ConfigError(f"{source!r} has a position table of {table.shape[1]} rows, which is no square grid after "
+                              f"this encoder's {prefix} prefix rows{REGISTERS_HINT}")
         state["pos_embed"] = resample_abs_pos_embed(table, new_size=list(vit.patch_embed.grid_size),
                                                     num_prefix_tokens=prefix)
     missing, unexpected = vit.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(fresh) for k in missing):
-        raise ConfigError(f"{source!r} does not fit this encoder: missing {missing}, unexpected {unexpected}")
+        extra = [k for k in ("reg_token", "ls1.gamma") if any(k in name for name in unexpected + missing)]
+        hint = REGISTERS_HINT if extra else ""
+        raise ConfigError(f"{source!r} does not fit this encoder: missing {missing[:6]}, unexpected {unexpected[:6]}{hint}")
 
 
 def load_mae_init(vit: nn.Module, decoder: nn.Module, source: str, key: str = "model.init_from") -> str:

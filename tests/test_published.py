@@ -206,3 +206,12 @@ def test_the_evaluation_tools_take_released_files_and_timm_names(tiny_shards, tm
         results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     assert results[0]["per_lr"] == results[1]["per_lr"]  # the same teacher, read from either
     assert results[1]["features_cached"] == {"train": False, "val": False}  # another source: not the first's entry
+
+
+def test_a_dinov2_backbone_into_an_encoder_without_registers_says_what_to_set(tmp_path):
+    cfg = tiny_encoder(init_values=1e-5, reg_tokens=4, no_embed_class=True, **WIDE)
+    path = write_dinov2(Encoder(cfg).vit, tmp_path / "dinov2.pth", torch.zeros(1, 1, 128))
+    with pytest.raises(ConfigError, match="model.init_from: .*set encoder.reg_tokens"):
+        Supervised(encoder=tiny_encoder(**WIDE), num_classes=3, init_from=str(path))
+    model = Supervised(encoder=cfg, num_classes=3, init_from=str(path))  # as the source has them: it loads
+    assert model.encoder.vit.num_reg_tokens == 4

@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sslvit.checkpoint import backbone_entry, load_mae_init
+from sslvit.checkpoint import backbone_entry, load_mae_init, restore_mae_decoder_table
 from sslvit.errors import ConfigError
 from sslvit.figures import denormalize, image_logger, save_rows
 from sslvit.losses.mae import mae_loss
@@ -21,7 +21,6 @@ from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
 from sslvit.models.mae_decoder import MAEDecoder
 from sslvit.models.masking import random_masking
 from sslvit.models.patches import patchify, unpatchify
-from sslvit.models.pos_embed import sincos_2d_rows_first
 from sslvit.objectives.optim import adamw_warmup_cosine
 
 
@@ -82,13 +81,9 @@ class MAE(LightningModule):
             rank_zero_info(load_mae_init(self.encoder.vit, self.decoder, init_from))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before the decoder's table was in the state dict were trained with the rows in
-        the first half of its channels: give them that table back, so they go on as they were trained (the
-        encoder's table was always in the state dict)."""
-        state = checkpoint.get("state_dict", {})
-        if "decoder.pos_embed" not in state:
-            h, gh, gw = self.hparams, *self.encoder.grid_size
-            state["decoder.pos_embed"] = sincos_2d_rows_first(h.decoder_dim, gh, gw, num_prefix=1)
+        """A checkpoint from before the decoder's sin-cos table was in the state dict gets the table it was trained
+        with back, so it goes on as it was trained (the encoder's table was always in the state dict)."""
+        restore_mae_decoder_table(checkpoint.get("state_dict", {}), self.encoder.grid_size)
 
     def eval_encoder(self) -> Encoder:
         """The backbone that evaluation and export use."""

@@ -55,5 +55,11 @@ def test_a_checkpoint_from_before_maes_channel_order_loads_and_gives_the_same_lo
         torch.testing.assert_close(loss_of(loaded), loss_of(old), rtol=0, atol=0)
         torch.testing.assert_close(load_backbone(tmp_path / "old.ckpt").forward_features(x),
                                    old.encoder.vit.forward_features(x), rtol=0, atol=0)
+        going_on = small_mae(init_from=str(tmp_path / "old.ckpt")).eval()  # pre-training from it, weights only
+        torch.testing.assert_close(loss_of(going_on), loss_of(old), rtol=0, atol=0)
+        from sslvit.analysis.reconstruction import mae_from_checkpoint
+        from sslvit.checkpoint import read_checkpoint
+
+        torch.testing.assert_close(loss_of(mae_from_checkpoint(read_checkpoint(tmp_path / "old.ckpt"))), loss_of(old))
     fresh = small_mae()  # new models follow MAE's order: a different table
     assert not torch.equal(fresh.decoder.pos_embed, loaded.decoder.pos_embed)
