@@ -180,12 +180,11 @@ def load_backbone(source: Union[str, Path]) -> nn.Module:
     return read_pretrained(source).vit
 
 
-def load_pretrained(vit: nn.Module, source: Union[str, Path, nn.Module]) -> None:
-    """Initialise ``vit`` from the backbone of a source (see :func:`read_pretrained`; or a ViT): every weight but
-    the classifier head, the position table resampled (timm's bicubic) when the grid differs.  Into a model that
+def load_pretrained(vit: nn.Module, source: Union[str, Path]) -> None:
+    """Initialise ``vit`` from the backbone of a source (see :func:`read_pretrained`): every weight but the
+    classifier head, the position table resampled (timm's bicubic) when the grid differs.  Into a model that
     pools with a fresh ``fc_norm`` (MAE's fine-tuning), the source's final norm is left out, as MAE does."""
-    source_vit = source if isinstance(source, nn.Module) else load_backbone(source)
-    load_backbone_state(vit, source_vit.state_dict(), str(source) if not isinstance(source, nn.Module) else "the backbone")
+    load_backbone_state(vit, load_backbone(source).state_dict(), str(source))
 
 
 REGISTERS_HINT = (" (registers, their position slots or LayerScale differ: set encoder.reg_tokens, "
@@ -223,7 +222,7 @@ def load_mae_init(vit: nn.Module, decoder: nn.Module, source: str, key: str = "m
     (MAE's released visualize checkpoints, an sslvit MAE checkpoint).  Returns what was loaded, in words."""
     try:
         found = read_pretrained(source)
-        load_pretrained(vit, found.vit)
+        load_backbone_state(vit, found.vit.state_dict(), source)
         if not found.decoder:
             return f"{key}: encoder from {source} ({found.layout}); the decoder starts fresh (the source has none)"
         state = dict(found.decoder)
@@ -244,8 +243,8 @@ def load_dino_init(student: nn.Module, teacher: nn.Module, center: torch.Tensor,
     try:
         found = read_pretrained(source)
         if found.student is None and found.teacher is None:
-            load_pretrained(student.encoder.vit, found.vit)
-            load_pretrained(teacher.encoder.vit, found.vit)
+            load_backbone_state(student.encoder.vit, found.vit.state_dict(), source)
+            load_backbone_state(teacher.encoder.vit, found.vit.state_dict(), source)
             return f"{key}: both backbones from {source} ({found.layout}); the heads start fresh (the source has none)"
         for net, side in ((student, found.student or found.teacher), (teacher, found.teacher or found.student)):
             load_backbone_state(net.encoder.vit, strip_prefix(side, "backbone."), source)

@@ -215,3 +215,19 @@ def test_a_dinov2_backbone_into_an_encoder_without_registers_says_what_to_set(tm
         Supervised(encoder=tiny_encoder(**WIDE), num_classes=3, init_from=str(path))
     model = Supervised(encoder=cfg, num_classes=3, init_from=str(path))  # as the source has them: it loads
     assert model.encoder.vit.num_reg_tokens == 4
+
+
+@torch.no_grad()
+def test_dino_goes_on_from_an_sslvit_dino_checkpoint(tmp_path):
+    from sslvit.checkpoint import backbone_entry
+
+    writer = small_dino()
+    randomized(writer.student, seed=1)
+    randomized(writer.teacher, seed=2)
+    writer.loss.center.copy_(torch.randn(1, 64))
+    torch.save({"state_dict": writer.state_dict(), "hyper_parameters": dict(writer.hparams),
+                "sslvit_backbone": backbone_entry("teacher.encoder.", writer.teacher_cfg)}, tmp_path / "last.ckpt")
+    go_on = small_dino(init_from=str(tmp_path / "last.ckpt"))
+    same_state(go_on.student, writer.student)
+    same_state(go_on.teacher, writer.teacher)
+    assert torch.equal(go_on.loss.center, writer.loss.center)
