@@ -41,7 +41,7 @@ def bench(args, device: torch.device) -> dict:
     else:
         model = DINO(encoder=encoder, out_dim=args.out_dim, freeze_last_layer_epochs=0)  # the last layer trains too
     model = model.to(device)
-    opt = torch.optim.AdamW(model.param_groups() or param_groups(model, 0.04), lr=1e-4)
+    opt = torch.optim.AdamW(model.param_groups() or param_groups(model, 0.04, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, fused=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
     crops += [torch.randn(args.batch, 3, args.local_size, args.local_size, device=device) for _ in range(args.local_crops)]

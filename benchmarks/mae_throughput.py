@@ -29,7 +29,7 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, 
     torch.manual_seed(0)
     model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=224, pos_embed="sincos"), decoder_depth=decoder_depth)
     model = model.to(device)
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, 0.05, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, betas=(0.9, 0.95))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     imgs = torch.randn(batch, 3, 224, 224, device=device)
 

@@ -33,14 +33,16 @@ def at_least(kind: type, low: float):
 
 
 def run(prog: str, work: Callable[[], object]) -> int:
-    """Prints what ``work()`` returns and gives exit status 0; a ``ConfigError`` becomes one line
-    ``PROG: error: ...`` on stderr and exit status 2.  Other exceptions are bugs and keep their traceback."""
+    """Prints what ``work()`` returns (nothing for None: a rank that does not report) and gives exit status 0; a
+    ``ConfigError`` becomes one line ``PROG: error: ...`` on stderr and exit status 2.  Other exceptions are bugs
+    and keep their traceback."""
     try:
         result = work()
     except ConfigError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    print(result)
+    if result is not None:
+        print(result)
     return 0
 
 
@@ -48,7 +50,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The backbone, the labelled splits and the feature cache: what ``sslvit.eval.splits.load_splits`` reads."""
     from sslvit.eval.cache import default_cache_dir
 
-    p.add_argument("--backbone", required=True, metavar="PATH", help="a checkpoint written by sslvit.fit, or an export folder")
+    p.add_argument("--backbone", required=True, metavar="PATH",
+                   help="a checkpoint written by sslvit.fit, an export folder, a released MAE / DINO / DINOv2 checkpoint, "
+                        "or a timm name (vit_base_patch16_224.mae, hf-hub:ORG/NAME, local-dir:FOLDER)")
     p.add_argument("--train", required=True, nargs="+", metavar="SHARDS",
                    help="labelled shards of the bank / training split (files, brace patterns, URLs, digits:train)")
     p.add_argument("--val", required=True, nargs="+", metavar="SHARDS", help="labelled shards of the evaluation split")

@@ -103,6 +103,8 @@ def timm_model_args(vit: nn.Module) -> dict:
         "fc_norm": not isinstance(vit.fc_norm, nn.Identity),
         "class_token": vit.cls_token is not None,
     }
+    if not isinstance(block.ls1, nn.Identity):  # LayerScale (DINOv2): any value, the weights hold gamma
+        args["init_values"] = float(block.ls1.gamma.detach().flatten()[0])
     if isinstance(vit, VisionTransformerRelPos):
         rel_pos = vit.shared_rel_pos or block.attn.rel_pos
         kind = ("mlp_swin" if rel_pos.mode == "swin" else "mlp") if hasattr(rel_pos, "mlp") else "bias"
@@ -113,6 +115,4 @@ def timm_model_args(vit: nn.Module) -> dict:
     else:
         args.update(dynamic_img_size=vit.dynamic_img_size, pos_embed="none" if vit.pos_embed is None else "learn",
                     reg_tokens=vit.num_reg_tokens, no_embed_class=vit.no_embed_class)
-        if not isinstance(block.ls1, nn.Identity):  # LayerScale: the value only initialises gamma, which is loaded
-            args["init_values"] = float(block.ls1.gamma.detach().abs().mean()) or 1e-5
     return args

@@ -75,3 +75,30 @@ def exit_status(tool: Union[ModuleType, Callable], argv: list[str]) -> int:
         return main(argv)
     except SystemExit as stop:
         return stop.code
+
+
+def on_two_ranks(work: Callable, *args) -> None:
+    """``work(rank, *args)`` in two forked processes joined in a gloo group on a free local port (forked, not
+    spawned: the children start with everything imported; a spawned one re-imports for ~10 s)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_joined, args=(port, work, args), nprocs=2, start_method="fork")
+
+
+def _joined(rank: int, port: int, work: Callable, args: tuple) -> None:
+    import faiss
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # forked after the parent's OpenMP pools: keep the children single-threaded
+    faiss.omp_set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        work(rank, *args)
+    finally:
+        dist.destroy_process_group()

@@ -16,7 +16,8 @@ MAY_IMPORT = {
     "data": {"errors", "files"},  # the DataModule too: it knows no objective
     "figures": set(),
     "summary": {"files"},
-    "checkpoint": {"errors", "files", "models"},
+    "published": {"errors", "models"},  # released checkpoints' layouts -> timm / sslvit names
+    "checkpoint": {"errors", "files", "models", "published"},
     "export": {"errors", "checkpoint", "models"},
     "callbacks": {"errors", "summary"},
     "objectives": {"errors", "files", "models", "losses", "checkpoint", "figures"},

@@ -20,6 +20,9 @@ SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the key
                            "--model.init_args.out_dim=1024", "--model.init_args.ibot_out_dim=1024"],  # 4 heads of 131072
     "supervised_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
     "finetune_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
+    "finetune_vitl16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
+                             "--trainer.accumulate_grad_batches=1",
+                             "--model.init_args.encoder.size=base"],  # ViT-L: 5 GB of Adam state
 }
 
 

@@ -25,6 +25,7 @@ def mae_from_checkpoint(checkpoint: dict) -> Union[MAE, str]:
         return "the checkpoint holds no MAE decoder (not an MAE run)"
     wanted = inspect.signature(MAE).parameters  # LightningCLI adds _class_path and _instantiator
     model = MAE(**{k: v for k, v in hparams.items() if k in wanted})
+    model.on_load_checkpoint(checkpoint)  # as Lightning does first: an older checkpoint's decoder table put back
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -9,11 +9,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sslvit.data.shards import expand_urls, manifest_samples
 from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
-from sslvit.data.views import MAEView, MultiCropView, eval_view, normalize
+from sslvit.data.views import MAEView, MultiCropView, eval_view, finetune_view, normalize
 from sslvit.errors import ConfigError
 
 Shards = Union[str, list[str]]
-VIEWS = ("mae", "multicrop")
+VIEWS = ("mae", "multicrop", "finetune")
 
 
 def _check_scale(key: str, scale: Sequence[float]) -> None:
@@ -29,7 +29,9 @@ class ShardDataModule(LightningDataModule):
         img_size: int = 224,  # the (global) crop size
         batch_size: int = 64,  # per device; the lr scales with the global batch
         num_workers: int = 4,  # loader processes per rank
-        view: str = "mae",  # "mae": one crop; "multicrop": DINO's 2 global + local_crops local crops
+        # "mae": one crop; "multicrop": DINO's 2 global + local_crops local crops; "finetune": MAE's fine-tuning
+        # view (timm's RandAugment rand-m9-mstd0.5-inc1 and random erasing 0.25 on a crop of crop_scale)
+        view: str = "mae",
         crop_scale: Sequence[float] = (0.2, 1.0),  # MAE App. A.1; DINO's global crops use (0.4, 1)
         hflip: bool = True,
         local_crops: int = 8,  # DINO main_dino.py default (10 for its best ViT-S/16)
@@ -58,6 +60,8 @@ class ShardDataModule(LightningDataModule):
         h = self.hparams
         if h.view == "multicrop":
             return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, h.hflip)
+        if h.view == "finetune":
+            return finetune_view(h.img_size, h.crop_scale, h.hflip)
         return MAEView(h.img_size, h.crop_scale, h.hflip)
 
     def train_dataloader(self) -> StreamLoader:

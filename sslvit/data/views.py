@@ -157,3 +157,25 @@ def eval_view(vit: nn.Module) -> Callable:
     import timm.data  # here: the shard tools need no timm
 
     return timm.data.create_transform(**timm.data.resolve_data_config({}, model=vit), is_training=False)
+
+
+def finetune_view(
+    img_size: int,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    hflip: bool = True,
+    auto_augment: str = "rand-m9-mstd0.5-inc1",  # RandAugment, magnitude 9 (std 0.5), increasing severity
+    re_prob: float = 0.25,  # random erasing, per image
+) -> Callable:
+    """MAE's fine-tuning view (main_finetune.py ``build_transform``, He et al. 2022, Tab. 9): timm's training
+    transform, a random resized crop (bicubic) and flip, RandAugment, normalisation, then random erasing ("pixel"
+    mode: one box of per-pixel normal noise, which is why it runs after normalisation).  Gives float tensors already
+    normalised, which the DataModule passes through."""
+    import timm.data
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return timm.data.create_transform(
+        input_size=img_size, is_training=True, scale=tuple(crop_scale), hflip=0.5 if hflip else 0.0,
+        color_jitter=None,  # MAE passes none; timm turns jitter off under RandAugment anyway
+        auto_augment=auto_augment, interpolation="bicubic",
+        re_prob=re_prob, re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+    )

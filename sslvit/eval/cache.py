@@ -5,7 +5,8 @@ resolved path, size and modification time; every shard URL, and for local shards
 modification time; the evaluation transform (its ``repr``: sizes, interpolation, crop, mean and std);
 which features (``FeatureSpec.name``); and ``VERSION`` of the extraction code.  Rewriting a checkpoint
 or a shard changes its modification time, so the key changes and the features are extracted again.
-Remote shards (``pipe:``, http) are keyed by URL alone: pass ``--no-cache`` after changing one in place.
+Remote shards (``pipe:``, http) and timm names (``hf-hub:``, a hub name) are keyed by name alone: pass ``--no-cache``
+after changing one in place.
 
 A cache entry is ``<key>.pt`` (``feats``, ``labels``, ``keys``, ``skipped``; read with
 ``weights_only=True``) and ``<key>.json`` saying what it holds, both written atomically.
@@ -38,8 +39,11 @@ def file_stamp(path: Union[str, Path]) -> list:
 
 
 def backbone_stamp(path: Union[str, Path]) -> list:
-    """Path, size and mtime of the checkpoint, or of each file of an export folder."""
-    path = Path(path)
+    """Path, size and mtime of the checkpoint, or of each file of an export folder (also as ``local-dir:``); a timm
+    name (``hf-hub:``, a registered name) by its name alone."""
+    path = Path(str(path).removeprefix("local-dir:"))
+    if not path.exists():
+        return [str(path)]
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return [file_stamp(p) for p in files]
 

@@ -18,7 +18,9 @@ choice, and each head's accuracy is reported beside it).  MAE trains its head wi
 for a single linear layer LARS rescales the step by a trust ratio, and the grid covers that scale.
 
 Features are cached, so there is no augmentation: each image is seen as the evaluation transform
-gives it (as dinov2's logistic-regression evaluation and the ViT paper's few-shot probes).
+gives it (as dinov2's logistic-regression evaluation and the ViT paper's few-shot probes).  This is the fast
+default; the papers' own augmented protocols (a new crop of every image every epoch, so the frozen backbone
+runs each epoch) are ``sslvit.eval.paper_probe``.
 """
 
 from dataclasses import dataclass
@@ -66,6 +68,14 @@ class LinearHeads(nn.Module):
         return [bool(torch.isfinite(w).all() and torch.isfinite(b).all()) for w, b in zip(self.weights, self.biases)]
 
 
+def heads_loss(heads: LinearHeads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The sum over heads of each head's mean cross-entropy on features ``x`` [B, D], labels ``y`` [B]: each
+    head gets exactly the gradient it would get alone."""
+    logits = heads(x)  # [B, heads, C]
+    target = y[:, None].expand(-1, logits.shape[1])  # [B, heads]
+    return F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(0).sum()
+
+
 def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConfig,
                 heads: Optional[LinearHeads] = None) -> LinearHeads:
     """A head per rate of ``cfg.lrs`` (fresh, or ``heads`` trained on) fit to features ``x`` [N, D] and
@@ -85,9 +95,7 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeCo
         order = torch.randperm(n, generator=g).to(x.device)
         for step in range(steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
-            logits = heads(x[idx])  # [B, heads, C]
-            target = y[idx, None].expand(-1, logits.shape[1])  # [B, heads]
-            loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(0).sum()  # sum of head means
+            loss = heads_loss(heads, x[idx], y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -125,15 +133,21 @@ def linear_probe(
     device = device or torch.device("cpu")
     num_classes = int(max(train_y.max(), val_y.max())) + 1
     heads = train_heads(train_x.float().to(device), train_y.to(device), num_classes, cfg)
-    per_head, preds = evaluate_heads(heads, val_x.float().to(device), val_y.to(device))
+    return best_head(heads, val_x.float().to(device), val_y.to(device), cfg.lrs)
+
+
+def best_head(heads: LinearHeads, val_x: torch.Tensor, val_y: torch.Tensor, lrs: Sequence[float]) -> dict:
+    """Every head evaluated on val: {top1, top5 (best head), best_lr, per_lr: {lr: {top1, top5}}, num_classes,
+    preds: the best head's val predictions [N]}."""
+    per_head, preds = evaluate_heads(heads, val_x, val_y)
     scored = [i for i, r in enumerate(per_head) if r["top1"] is not None]
     best = max(scored, key=lambda i: per_head[i]["top1"]) if scored else 0  # ties: the smaller rate
     return {
         "top1": per_head[best]["top1"],
         "top5": per_head[best]["top5"],
-        "best_lr": cfg.lrs[best],
-        "per_lr": {f"{lr:g}": r for lr, r in zip(cfg.lrs, per_head)},
-        "num_classes": num_classes,
+        "best_lr": lrs[best],
+        "per_lr": {f"{lr:g}": r for lr, r in zip(lrs, per_head)},
+        "num_classes": heads.num_classes,
         "preds": preds[:, best],
     }
 

@@ -65,6 +65,16 @@ class EncoderConfig:
     # patch_size then is the stem's stride (16 for r50, 32 for r26)
     stem: Literal["patch", "r50", "r26"] = "patch"
     global_pool: Literal["token", "avg"] = "token"  # pooled feature: [class] token or mean of patch tokens
+    # MAE's fine-tuning pool (models_vit.py, global_pool=True): the mean of the last block's raw patch tokens,
+    # then a LayerNorm of its own (timm's fc_norm); the final norm is dropped, so pretrained weights load
+    # without it and fc_norm starts fresh.  False: the final norm on every token, then the pool (MAE, DINO)
+    fc_norm: bool = False
+    # DINOv2's extra tokens, passed to timm as they are: register tokens after [class] (Darcet et al. 2024),
+    # LayerScale with this initial value (None: none), and a position table for the patches only (timm's
+    # no_embed_class, how timm holds DINOv2 with registers)
+    reg_tokens: int = 0
+    init_values: Optional[float] = None
+    no_embed_class: bool = False
     drop_path_rate: float = 0.0  # stochastic depth; 0.1 for DINO ViT-S, 0.1 for MAE ViT-B fine-tuning
     drop_path_uniform: bool = False  # the same rate in every block (DINOv2), not timm's linear ramp from 0
     dropout: float = 0.0  # after the position embedding and every dense layer but qkv (ViT paper: 0.1 on ImageNet)
@@ -72,8 +82,6 @@ class EncoderConfig:
     # with the [class] token trunc-normal std .02 as DINO's vision_transformer.py (timm's starts it at 1e-6)
     weight_init: Literal["timm", "xavier", "dino"] = "timm"
     dynamic_img_size: bool = False  # interpolate pos-embed per input size (DINO's 96 px local crops)
-    reg_tokens: int = 0  # register tokens beside the [class] token (Darcet et al. 2024; DINOv2's reg4 models: 4)
-    init_values: Optional[float] = None  # LayerScale on each residual branch, initialised here (DINOv2: 1e-5)
     # Optional overrides of the size's shape, for tiny test and quick-start models.
     embed_dim: Optional[int] = None
     depth: Optional[int] = None
@@ -100,11 +108,13 @@ class EncoderConfig:
             stride = HYBRID_STEMS[self.stem][1]
             if self.patch_size != stride:
                 raise ConfigError(f"encoder.stem={self.stem!r} has a stride of {stride}: set encoder.patch_size={stride}")
+        if self.fc_norm and self.global_pool != "avg":
+            raise ConfigError("encoder.fc_norm=true is MAE's fine-tuning pool: it needs encoder.global_pool='avg'")
         if self.reg_tokens < 0:
             raise ConfigError(f"encoder.reg_tokens={self.reg_tokens} must be >= 0")
+        if self.pos_embed == "rel" and (self.reg_tokens or self.no_embed_class):
+            raise ConfigError("encoder.pos_embed='rel' takes neither encoder.reg_tokens nor encoder.no_embed_class")
         if self.pos_embed == "rel":
-            if self.reg_tokens:
-                raise ConfigError("encoder.reg_tokens needs an absolute position table: not pos_embed='rel'")
             if self.stem != "patch":
                 raise ConfigError(f"encoder.pos_embed='rel' takes only encoder.stem='patch', got {self.stem!r}")
             if self.dynamic_img_size:  # timm's relative-position ViT sizes its bias table once, for one grid
@@ -137,11 +147,11 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         mlp_ratio=cfg.mlp_ratio,
         qkv_bias=True,  # the ViT paper's; timm's relative-position models default to none
         global_pool=cfg.global_pool,
-        fc_norm=False,  # keep the final LayerNorm on every token, also for mean pooling (MAE, DINO)
+        fc_norm=cfg.fc_norm,  # False: the final LayerNorm on every token, also for mean pooling (MAE, DINO)
+        init_values=cfg.init_values,
         class_token=True,
         drop_path_rate=cfg.drop_path_rate,
         proj_drop_rate=cfg.dropout,
-        init_values=cfg.init_values,
         pretrained_cfg_overlay=dict(
             input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
             mean=IMAGENET_DEFAULT_MEAN,
@@ -155,10 +165,11 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
         args.update(rel_pos_type="mlp")  # log-spaced offsets through an MLP: any grid size, so fine-tuning can resize
     else:
         name = TIMM_NAMES[cfg.size]
-        # registers take rows of the position table, as the [class] token does (timm's no_embed_class=False):
-        # a learned row added to a learned token is the same freedom as DINOv2's registers without one
-        args.update(pos_drop_rate=cfg.dropout, dynamic_img_size=cfg.dynamic_img_size, reg_tokens=cfg.reg_tokens,
-                    pos_embed="none" if cfg.pos_embed == "none" else "learn")
+        # with no_embed_class false (the default) registers take rows of the position table as the [class]
+        # token does: a learned row added to a learned token is the same freedom as DINOv2's registers without one
+        args.update(pos_drop_rate=cfg.dropout, dynamic_img_size=cfg.dynamic_img_size,
+                    pos_embed="none" if cfg.pos_embed == "none" else "learn",
+                    reg_tokens=cfg.reg_tokens, no_embed_class=cfg.no_embed_class)
         if cfg.stem != "patch":
             name = HYBRID_STEMS[cfg.stem][0]
             args.update(patch_size=1)  # one token per cell of the ResNet's feature map
@@ -173,7 +184,7 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
     if cfg.pos_embed == "sincos":
         gh, gw = vit.patch_embed.grid_size
         with torch.no_grad():
-            vit.pos_embed.copy_(sincos_2d(width, gh, gw, num_prefix=vit.num_prefix_tokens))
+            vit.pos_embed.copy_(sincos_2d(width, gh, gw, num_prefix=0 if vit.no_embed_class else vit.num_prefix_tokens))
         vit.pos_embed.requires_grad_(False)  # fixed, as in MAE
     elif cfg.pos_embed == "learn_2d":
         factorize_pos_embed_(vit)

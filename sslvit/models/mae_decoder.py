@@ -29,7 +29,9 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         gh, gw = grid_size
-        self.register_buffer("pos_embed", sincos_2d(dim, gh, gw, num_prefix=1), persistent=False)
+        # fixed, and in the state dict (as models_mae.py's frozen ``decoder_pos_embed``), so a checkpoint keeps
+        # the table it was trained with
+        self.register_buffer("pos_embed", sincos_2d(dim, gh, gw, num_prefix=1))
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, patch_pixels)

@@ -17,15 +17,30 @@ def sincos_1d(dim: int, positions: torch.Tensor, temperature: float = 10000.0) -
 
 
 def sincos_2d(dim: int, grid_h: int, grid_w: int, num_prefix: int = 1) -> torch.Tensor:
-    """[1, num_prefix + grid_h * grid_w, dim] table, row-major over the patch grid.
+    """[1, num_prefix + grid_h * grid_w, dim] table, row-major over the patch grid, in MAE's channel order.
 
-    Half of the width codes the row, half the column; prefix ([class]) slots are zero,
-    as in MAE's reference, so the table is a drop-in value for timm's ``pos_embed``.
+    MAE's ``util/pos_embed.py`` builds its grid with ``np.meshgrid(grid_w, grid_h)`` (x first), so the
+    first half of the channels codes the patch's *column* and the second half its *row*, each half
+    sines then cosines: ``[sin(j w), cos(j w), sin(i w), cos(i w)]`` with ``w_k = 10000^(-k / (dim / 4))``
+    for the patch in row i, column j.  With the same order, MAE's released tables and ours are equal.
+    Prefix ([class]) slots are zero, as in MAE's reference, so the table is a drop-in value for timm's
+    ``pos_embed``.
     """
+    return _sincos_2d(dim, grid_h, grid_w, num_prefix, columns_first=True)
+
+
+def sincos_2d_rows_first(dim: int, grid_h: int, grid_w: int, num_prefix: int = 1) -> torch.Tensor:
+    """The table sslvit built before it followed MAE's channel order: the row in the first half.  Only for
+    checkpoints written then whose table is not in their state dict (the MAE decoder's; see ``MAE``)."""
+    return _sincos_2d(dim, grid_h, grid_w, num_prefix, columns_first=False)
+
+
+def _sincos_2d(dim: int, grid_h: int, grid_w: int, num_prefix: int, columns_first: bool) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
-    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    emb = torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, cols.flatten())], dim=1)
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")  # [gh, gw] each
+    halves = [sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())]  # [gh * gw, dim / 2] each
+    emb = torch.cat(halves if columns_first else halves[::-1], dim=1)  # [gh * gw, dim]
     emb = torch.cat([torch.zeros(num_prefix, dim, dtype=emb.dtype), emb], dim=0)  # [P + H*W, dim]
     return emb.float().unsqueeze(0)
 

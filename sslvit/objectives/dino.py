@@ -11,10 +11,13 @@ batches, weight-decay schedule, clipping, frozen last layer, AdamW, EMA, center)
 
 from dataclasses import asdict, replace
 from itertools import groupby
+from typing import Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from sslvit.checkpoint import load_dino_init
 from sslvit.errors import ConfigError
 from sslvit.losses.dino import CENTERINGS, DINOLoss
 from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
@@ -61,6 +64,10 @@ def check_distillation_args(encoder: EncoderConfig, objective: str, **values) ->
 
 
 class DINO(SelfDistillation):
+    # Weight decay on the [class] token and the position table too: main_dino.py's utils.get_params_groups exempts
+    # only biases and 1-D parameters.
+    WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ()
+
     def __init__(
         self,
         # ViT-S/16, drop path 0.1 (the released ViT-S/16 arguments), DINO's init of the [class] token
@@ -88,6 +95,9 @@ class DINO(SelfDistillation):
         # micro-batches per optimiser step (DINO steps its optimiser itself, so this replaces
         # trainer.accumulate_grad_batches); the lr and the center follow the whole step's batch
         accumulate_grad_batches: int = 1,
+        # training goes on from a DINO checkpoint (the reference's full one: student, teacher, heads, center; or
+        # sslvit's), or from any backbone (heads fresh); weights only, the optimiser and schedules start anew
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         encoder = check_distillation_args(
@@ -109,6 +119,8 @@ class DINO(SelfDistillation):
         self.teacher.load_state_dict(self.student.state_dict())  # same start; from here only the EMA moves it
         self.teacher.requires_grad_(False)
         self.loss = DINOLoss(out_dim, student_temp, center_momentum, centering)
+        if init_from:
+            rank_zero_info(load_dino_init(self.student, self.teacher, self.loss.center, init_from))
         self._teacher_sum, self._teacher_rows = None, 0  # the step's teacher outputs so far, for the center
 
     def forward(self, crops: list[torch.Tensor], with_stats: bool = False) -> tuple[torch.Tensor, dict]:

@@ -53,6 +53,7 @@ class DINOv2Model(nn.Module):
 
 
 class DINOv2(SelfDistillation):
+    WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ()  # tokens and the position table are decayed (param_groups below)
     lr_rule = "sqrt"  # lr = base_lr x sqrt(global batch / 1024) (dinov2's scaling_rule sqrt_wrt_1024)
 
     def __init__(

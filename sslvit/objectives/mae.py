@@ -10,9 +10,10 @@ from typing import Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sslvit.checkpoint import backbone_entry
+from sslvit.checkpoint import backbone_entry, load_mae_init, restore_mae_decoder_table
 from sslvit.errors import ConfigError
 from sslvit.figures import denormalize, image_logger, save_rows
 from sslvit.losses.mae import mae_loss
@@ -24,6 +25,11 @@ from sslvit.objectives.optim import adamw_warmup_cosine
 
 
 class MAE(LightningModule):
+    # Weight decay on every weight matrix and on the [class] and mask tokens: MAE's main_pretrain.py calls timm
+    # 0.3.2's add_weight_decay(model, 0.05) with no skip list, which exempts only 1-D parameters and biases
+    # (the sin-cos tables are frozen, so in no group).
+    WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ()
+
     def __init__(
         self,
         encoder: EncoderConfig = EncoderConfig(pos_embed="sincos", weight_init="xavier"),
@@ -39,6 +45,10 @@ class MAE(LightningModule):
         min_lr: float = 0.0,
         recon_every_n_steps: int = 1000,  # reconstruction grid PNG into <run>/figures; 0 = never
         recon_samples: int = 8,
+        # pre-training goes on from here: MAE's released checkpoints ({"model": ...}; with the decoder when the
+        # file has one, as the visualize checkpoints do), an sslvit MAE checkpoint, or any backbone (then the
+        # decoder starts fresh).  Weights only: the optimiser and schedules start anew.
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         encoder = encoder_config(encoder)
@@ -67,6 +77,13 @@ class MAE(LightningModule):
             depth=decoder_depth,
             num_heads=decoder_heads,
         )
+        if init_from:
+            rank_zero_info(load_mae_init(self.encoder.vit, self.decoder, init_from))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint from before the decoder's sin-cos table was in the state dict gets the table it was trained
+        with back, so it goes on as it was trained (the encoder's table was always in the state dict)."""
+        restore_mae_decoder_table(checkpoint.get("state_dict", {}), self.encoder.grid_size)
 
     def eval_encoder(self) -> Encoder:
         """The backbone that evaluation and export use."""

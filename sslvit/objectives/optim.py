@@ -1,7 +1,7 @@
 """Optimiser pieces every objective shares: decay groups, lr scaling, per-step schedules."""
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -9,16 +9,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-# Tokens and position embeddings get no weight decay (timm's no_weight_decay()), besides what timm's
-# function exempts itself (norms, biases: every parameter of one dimension).
-NO_DECAY_PATTERNS = tuple(f"*{name}*" for name in ("pos_embed", "cls_token", "reg_token", "mask_token"))
 
+def param_groups(module: nn.Module, weight_decay: float, exempt: Sequence[str]) -> list[dict]:
+    """timm's two AdamW groups, named for the lr monitor: "decay" and "no_decay".
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """timm's two AdamW groups, named for the lr monitor: "decay" (weight matrices) and "no_decay"
-    (norms, biases, tokens, position embeddings; frozen parameters such as a fixed sin-cos table or an
-    EMA teacher are in neither)."""
-    groups = param_groups_weight_decay(module, weight_decay, no_weight_decay_list=NO_DECAY_PATTERNS)
+    Every parameter of one dimension and every bias is exempt (the rule of all three references: MAE's
+    ``add_weight_decay``, DINO's ``get_params_groups``, timm's optimiser factory); ``exempt`` adds the
+    parameters whose name contains one of these words, and is each objective's own choice
+    (``WEIGHT_DECAY_EXEMPT``, where the objective cites its reference).  Frozen parameters (a fixed sin-cos
+    table, an EMA teacher) are in neither group."""
+    patterns = [f"*{name}*" for name in exempt]
+    groups = param_groups_weight_decay(module, weight_decay, no_weight_decay_list=patterns)
     for group in groups:
         group["name"] = "decay" if group["weight_decay"] else "no_decay"
     return groups
@@ -110,16 +111,16 @@ def adamw_warmup_cosine(
     """AdamW at lr = base_lr x global batch / 256 (Goyal et al.'s linear rule, as MAE/DINO; ``lr_rule="sqrt"``:
     base_lr x sqrt(global batch / 1024), DINOv2's), with a per-step linear warm-up and cosine decay to
     ``min_lr`` that ends where the run does (``run_length``: give the one the objective's other per-step
-    schedules ask, so that all of them end together).  ``groups`` defaults to :func:`param_groups`; a group's ``lr_scale`` (timm's layer-wise
-    decay groups) multiplies its lr, and its ``wd_scale`` (1 where it decays at all) its scheduled weight
-    decay.  ``accumulate``: micro-batches per step of an objective that steps its optimiser itself (DINO)."""
+    schedules ask, so that all of them end together).  ``groups`` defaults to :func:`param_groups` with the
+    objective's ``WEIGHT_DECAY_EXEMPT``; a group's ``lr_scale`` (timm's layer-wise decay groups) multiplies
+    its lr, and its ``wd_scale`` (1 where it decays at all) its scheduled weight decay.  ``accumulate``: micro-batches per step of an objective that steps its optimiser itself (DINO)."""
     batch = global_batch_size(module.trainer, accumulate)
     lr = base_lr * (math.sqrt(batch / 1024) if lr_rule == "sqrt" else batch / 256)
     warmup, total = schedule_steps(module.trainer, warmup_epochs, accumulate)
     run_length = run_length or RunLength(module.trainer, accumulate)
     ends = f"of {total} steps" if total is not None else "steps, then a cosine that ends with trainer.max_time"
     rank_zero_info(f"sslvit: global batch {batch}, lr {lr:.3g}, {warmup} warm-up {ends}")
-    groups = param_groups(module, weight_decay) if groups is None else groups
+    groups = param_groups(module, weight_decay, module.WEIGHT_DECAY_EXEMPT) if groups is None else groups
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # the schedule below scales each group's own lr
         group.setdefault("wd_scale", 1.0 if group["weight_decay"] else 0.0)

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from timm.data import Mixup
+from timm.layers import trunc_normal_
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from sslvit.checkpoint import backbone_entry, load_pretrained
@@ -22,12 +24,21 @@ from sslvit.objectives.optim import adamw_warmup_cosine
 
 class Supervised(LightningModule):
     needs_labels = True  # the DataModule checks every batch for them on the host (no device sync)
+    # No weight decay on the position table and the tokens (timm's VisionTransformer.no_weight_decay()), besides
+    # 1-D parameters and biases: MAE's fine-tuning (main_finetune.py, param_groups_lrd with model.no_weight_decay())
+    # and DeiT (timm's create_optimizer with the same list) both exempt them.
+    WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ("pos_embed", "cls_token", "reg_token", "dist_token")
 
     def __init__(
         self,
         encoder: EncoderConfig = EncoderConfig(size="base", drop_path_rate=0.1),  # MAE ViT-B fine-tuning: drop path 0.1
         num_classes: int = 1000,
-        init_from: Optional[str] = None,  # a fit checkpoint or an export folder: its backbone initialises ours
+        # a fit checkpoint, an export folder, a released MAE / DINO / DINOv2 file, a timm name (hf-hub:, local-dir:):
+        # its backbone initialises ours (with encoder.fc_norm, its final norm is left out and fc_norm starts fresh)
+        init_from: Optional[str] = None,
+        # the classifier's weights drawn again after init_from from a truncated normal of this std (MAE fine-tuning:
+        # 2e-5, main_finetune.py), biases zero; None keeps timm's initialisation (truncated normal, std 0.02)
+        head_init_std: Optional[float] = None,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.8,  # MAE fine-tuning (Tab. 9): mixup 0.8, cutmix 1.0; 0 and 0 turn both off
         cutmix_alpha: float = 1.0,
@@ -54,6 +65,11 @@ class Supervised(LightningModule):
                 load_pretrained(self.encoder.vit, init_from)
             except ConfigError as err:  # name the recipe key, not only the path
                 raise ConfigError(f"model.init_from: {err}") from err
+        if head_init_std is not None:
+            if head_init_std <= 0:
+                raise ConfigError(f"model.head_init_std={head_init_std} must be positive")
+            trunc_normal_(self.encoder.vit.head.weight, std=head_init_std)  # MAE: after loading, the weight only
+            nn.init.zeros_(self.encoder.vit.head.bias)  # timm's zeros already; said for the reader
         mixing = mixup_alpha > 0 or cutmix_alpha > 0
         self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing,
                            num_classes=num_classes) if mixing else None
@@ -70,7 +86,8 @@ class Supervised(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
         if isinstance(images, list):
-            raise ConfigError("data.view='multicrop' gives several crops per image; supervised training uses data.view=mae")
+            raise ConfigError("data.view='multicrop' gives several crops per image; supervised training uses "
+                              "data.view=mae or data.view=finetune")
         if self.mixup is not None:
             even = images.shape[0] // 2 * 2  # timm's batch mixup pairs the batch with its reverse
             images, targets = self.mixup(images[:even], labels[:even])  # soft targets [B, C]
@@ -94,7 +111,8 @@ class Supervised(LightningModule):
         groups = None
         if h.layer_decay is not None:  # timm's groups: blocks scaled by decay^(depth - i), stem lowest, head 1
             vit = self.encoder.vit
-            groups = param_groups_layer_decay(vit, h.weight_decay, vit.no_weight_decay(), layer_decay=h.layer_decay)
+            exempt = [f"*{name}*" for name in self.WEIGHT_DECAY_EXEMPT]
+            groups = param_groups_layer_decay(vit, h.weight_decay, exempt, layer_decay=h.layer_decay)
         return adamw_warmup_cosine(self, h.base_lr, h.weight_decay, tuple(h.betas), h.warmup_epochs, h.min_lr, groups)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,11 +1,8 @@
 """Feature extraction: what is taken from the ViT, every sample once, and the same rows and k-NN figure
 on two ranks (gloo, two processes) as on one."""
 
-import faiss
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sslvit.checkpoint import load_backbone
 from sslvit.data.stream import EvalStream, StreamLoader
@@ -13,6 +10,7 @@ from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
 from sslvit.eval.features import POOLED, FeatureSpec, extract_features, gather_features
 from sslvit.eval.monitor import held_out_top1
+from tests.helpers import on_two_ranks
 
 
 def test_pooled_and_dino_features(tiny_backbone):
@@ -48,28 +46,17 @@ def test_every_sample_once_with_its_shard_and_key(tiny_backbone, tiny_shards):
     assert again.keys == sorted(f.keys) and again.feats.shape == (64, 64)
 
 
-def _rank(rank: int, world: int, port: int, ckpt, shards: dict, out) -> None:
-    torch.set_num_threads(1)  # forked after the parent's OpenMP pools: keep the children single-threaded
-    faiss.omp_set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        vit = load_backbone(ckpt)
-        bank = gather_features(extract_features(vit, loader(shards["train"], vit, rank, world), torch.device("cpu")))
-        top1 = held_out_top1(vit, loader(shards["train"], vit, rank, world), loader(shards["val"], vit, rank, world),
-                             torch.device("cpu"), 5, 0.07)
-        torch.save({"keys": bank.keys, "feats": bank.feats, "top1": top1}, out / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, ckpt, shards: dict, out) -> None:
+    world = 2
+    vit = load_backbone(ckpt)
+    bank = gather_features(extract_features(vit, loader(shards["train"], vit, rank, world), torch.device("cpu")))
+    top1 = held_out_top1(vit, loader(shards["train"], vit, rank, world), loader(shards["val"], vit, rank, world),
+                         torch.device("cpu"), 5, 0.07)
+    torch.save({"keys": bank.keys, "feats": bank.feats, "top1": top1}, out / f"rank{rank}.pt")
 
 
 def test_two_ranks_give_what_one_gives(tiny_backbone, tiny_shards, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # forked, not spawned: the children start with everything imported (a spawned one re-imports for ~10 s)
-    mp.start_processes(_rank, args=(2, port, tiny_backbone["ckpt"], tiny_shards, tmp_path), nprocs=2, start_method="fork")
+    on_two_ranks(_rank, tiny_backbone["ckpt"], tiny_shards, tmp_path)
     vit = load_backbone(tiny_backbone["ckpt"])
     one = gather_features(extract_features(vit, loader(tiny_shards["train"], vit), torch.device("cpu")))
     one_top1 = held_out_top1(vit, loader(tiny_shards["train"], vit), loader(tiny_shards["val"], vit),

@@ -102,6 +102,7 @@ def test_factorised_2d_position_embedding_is_rows_and_columns():
     import torch
 
     from sslvit.models.encoder import Encoder
+    from sslvit.objectives import Supervised
     from sslvit.objectives.optim import param_groups
     from tests.helpers import tiny_encoder
 
@@ -116,9 +117,9 @@ def test_factorised_2d_position_embedding_is_rows_and_columns():
             assert torch.equal(table[0, 1 + i * 4 + j], torch.cat([rows[i], cols[j]]))
     enc(torch.randn(2, 3, 32, 32)).sum().backward()
     assert rows.grad is not None and cols.grad is not None
-    no_decay = next(g for g in param_groups(enc, 0.05) if g["name"] == "no_decay")
+    no_decay = next(g for g in param_groups(enc, 0.05, Supervised.WEIGHT_DECAY_EXEMPT) if g["name"] == "no_decay")
     no_decay_ids = {id(q) for q in no_decay["params"]}
-    assert all(id(f) in no_decay_ids for f in (prefix, rows, cols))  # no weight decay, as timm's table
+    assert all(id(f) in no_decay_ids for f in (prefix, rows, cols))  # fine-tuning: no weight decay, as timm's table
 
 
 def test_no_position_embedding():

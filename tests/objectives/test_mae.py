@@ -27,3 +27,39 @@ def test_checkpoint_hyperparameters_are_plain_data():
     model = small_mae()
     assert isinstance(model.hparams["encoder"], dict)
     assert MAE(**model.hparams).encoder.cfg == model.encoder.cfg
+
+
+def test_a_checkpoint_from_before_maes_channel_order_loads_and_gives_the_same_loss(tmp_path):
+    """Checkpoints written when sslvit's sin-cos tables had the rows in the first half: the encoder's table is in
+    their state dict, the decoder's was not (a buffer left out); both come back as trained, so the features and
+    the loss are the ones the checkpoint gave."""
+    import lightning
+
+    from sslvit.checkpoint import backbone_entry, load_backbone
+    from sslvit.models.pos_embed import sincos_2d_rows_first
+
+    old = small_mae().eval()
+    with torch.no_grad():
+        old.encoder.vit.pos_embed.copy_(sincos_2d_rows_first(64, 4, 4))
+        old.decoder.pos_embed.copy_(sincos_2d_rows_first(32, 4, 4))
+    state = {k: v for k, v in old.state_dict().items() if k != "decoder.pos_embed"}  # as old checkpoints hold it
+    torch.save({"state_dict": state, "hyper_parameters": dict(old.hparams), "pytorch-lightning_version": lightning.__version__,
+                "sslvit_backbone": backbone_entry("encoder.", old.hparams["encoder"])}, tmp_path / "old.ckpt")
+    x = torch.randn(2, 3, 32, 32)
+
+    def loss_of(model):
+        return model(x, generator=torch.Generator().manual_seed(0))[0]
+
+    loaded = MAE.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loss_of(loaded), loss_of(old), rtol=0, atol=0)
+        torch.testing.assert_close(load_backbone(tmp_path / "old.ckpt").forward_features(x),
+                                   old.encoder.vit.forward_features(x), rtol=0, atol=0)
+        going_on = small_mae(init_from=str(tmp_path / "old.ckpt")).eval()  # pre-training from it, weights only
+        torch.testing.assert_close(loss_of(going_on), loss_of(old), rtol=0, atol=0)
+        from sslvit.analysis.reconstruction import mae_from_checkpoint
+        from sslvit.checkpoint import read_checkpoint
+
+        torch.testing.assert_close(loss_of(mae_from_checkpoint(read_checkpoint(tmp_path / "old.ckpt"))), loss_of(old))
+    fresh = small_mae()  # new models follow MAE's order: a different table
+    assert not torch.equal(fresh.decoder.pos_embed, loaded.decoder.pos_embed)

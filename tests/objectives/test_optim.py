@@ -8,24 +8,66 @@ from sslvit.objectives.optim import param_groups, warmup_cosine
 from tests.helpers import tiny_encoder
 
 
-def test_no_weight_decay_on_norms_biases_tokens_and_pos_embed():
-    model = MAE(encoder=tiny_encoder(pos_embed="learn"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
-    groups = {g["name"]: g for g in param_groups(model, 0.05)}
-    decay, no_decay = groups["decay"], groups["no_decay"]
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    names = {id(p): n for n, p in model.named_parameters()}
-    no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    decay_names = {names[id(p)] for p in decay["params"]}
-    for name in ("encoder.vit.pos_embed", "encoder.vit.cls_token", "decoder.mask_token", "encoder.vit.norm.weight",
-                 "encoder.vit.blocks.0.attn.qkv.bias", "encoder.vit.blocks.0.norm1.bias"):
-        assert name in no_decay_names, name
-    for name in ("encoder.vit.blocks.0.attn.qkv.weight", "encoder.vit.patch_embed.proj.weight", "decoder.pred.weight"):
-        assert name in decay_names, name
+def decay_split(module, groups) -> tuple[set, set]:
+    """(decayed names, exempt names) of ``module``'s parameters in ``groups``."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    decay = {names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
+    exempt = {names[id(p)] for g in groups if not g["weight_decay"] for p in g["params"]}
+    return decay, exempt
+
+
+def reference_split(module, exempt_if) -> tuple[set, set]:
+    """Each reference's rule, over the trainable parameters (frozen ones are in no group anywhere)."""
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    return ({n for n, p in trainable if not exempt_if(n, p)}, {n for n, p in trainable if exempt_if(n, p)})
+
+
+def test_mae_decays_the_class_and_mask_tokens():
+    """main_pretrain.py: timm 0.3.2's add_weight_decay(model, wd), no skip list: 1-D parameters and biases only."""
+    model = MAE(encoder=tiny_encoder(pos_embed="sincos"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    decay, exempt = decay_split(model, param_groups(model, 0.05, MAE.WEIGHT_DECAY_EXEMPT))
+    assert (decay, exempt) == reference_split(model, lambda n, p: p.ndim == 1 or n.endswith(".bias"))
+    assert {"encoder.vit.cls_token", "decoder.mask_token", "encoder.vit.blocks.0.attn.qkv.weight"} <= decay
+    assert {"encoder.vit.norm.weight", "encoder.vit.blocks.0.attn.qkv.bias"} <= exempt
+    assert "encoder.vit.pos_embed" not in decay | exempt  # the fixed sin-cos table is not optimised
+
+
+def test_dino_decays_the_class_token_and_the_position_table():
+    """main_dino.py utils.get_params_groups: no decay for names ending in .bias or 1-D parameters."""
+    from sslvit.objectives import DINO
+
+    model = DINO(encoder=tiny_encoder(), out_dim=16, hidden_dim=32, bottleneck_dim=8)
+    decay, exempt = decay_split(model, param_groups(model, 0.04, DINO.WEIGHT_DECAY_EXEMPT))
+    assert (decay, exempt) == reference_split(model, lambda n, p: n.endswith(".bias") or len(p.shape) == 1)
+    assert {"student.encoder.vit.cls_token", "student.encoder.vit.pos_embed"} <= decay
+    assert not any(n.startswith("teacher.") for n in decay | exempt)  # the EMA teacher is not optimised
+
+
+def test_fine_tuning_exempts_the_position_table_and_tokens():
+    """MAE main_finetune.py param_groups_lrd: p.ndim == 1 or name in model.no_weight_decay(); with and without
+    layer decay."""
+    from sslvit.objectives import Supervised
+
+    model = Supervised(encoder=tiny_encoder(reg_tokens=2), num_classes=10)
+    vit = model.encoder.vit
+    rule = reference_split(model, lambda n, p: p.ndim == 1 or n.split(".")[-1] in vit.no_weight_decay())
+    assert decay_split(model, param_groups(model, 0.05, Supervised.WEIGHT_DECAY_EXEMPT)) == rule
+    assert {"encoder.vit.pos_embed", "encoder.vit.cls_token", "encoder.vit.reg_token"} <= rule[1]
+    model.hparams.layer_decay = 0.75
+
+    class FakeTrainer:  # what adamw_warmup_cosine reads
+        datamodule = type("DM", (), {"batch_size": 256})()
+        world_size, accumulate_grad_batches, estimated_stepping_batches, num_training_batches = 1, 1, 100, 10
+        callbacks: list = []
+
+    model.trainer = FakeTrainer()
+    layered = model.configure_optimizers()["optimizer"].param_groups
+    assert decay_split(vit, layered) == reference_split(vit, lambda n, p: p.ndim == 1 or n in vit.no_weight_decay())
 
 
 def test_frozen_sincos_pos_embed_is_not_optimised():
     model = MAE(encoder=tiny_encoder(pos_embed="sincos"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
-    params = [p for g in param_groups(model, 0.05) for p in g["params"]]
+    params = [p for g in param_groups(model, 0.05, MAE.WEIGHT_DECAY_EXEMPT) for p in g["params"]]
     assert all(p is not model.encoder.vit.pos_embed for p in params)
 
 

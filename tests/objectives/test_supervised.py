@@ -91,3 +91,28 @@ def test_bad_values_name_the_key():
         Supervised(encoder=tiny_encoder(), num_classes=1)
     with pytest.raises(ConfigError, match="model.init_from: checkpoint 'nope.ckpt' does not exist"):
         Supervised(encoder=tiny_encoder(), num_classes=10, init_from="nope.ckpt")
+
+
+def test_maes_fine_tuning_recipe_trains_from_a_released_mae_file(tiny_shards, tmp_path):
+    """The finetune recipes' settings, small: MAE's released layout as init_from, MAE's pool (fc_norm), the head at
+    2e-5, layer decay 0.65, timm's RandAugment / random-erasing view, mixup and cutmix: two steps that learn."""
+    from sslvit.objectives import MAE
+    from tests.helpers import tiny_fit
+    from tests.published_layouts import write_mae
+
+    source = MAE(encoder=tiny_encoder(pos_embed="sincos"), decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    path = write_mae(source, tmp_path / "mae_pretrain_vit_tiny.pth", decoder=False)
+    model = Supervised(encoder=tiny_encoder(global_pool="avg", fc_norm=True, drop_path_rate=0.1), num_classes=4,
+                       init_from=str(path), head_init_std=2e-5, layer_decay=0.65, base_lr=5e-4, warmup_epochs=0)
+    before = model.encoder.vit.blocks[0].attn.qkv.weight.detach().clone()
+    assert torch.equal(before, source.encoder.vit.blocks[0].attn.qkv.weight)
+    trainer = tiny_fit(model, tiny_shards["train"], tmp_path, steps=2, view="finetune", crop_scale=(0.08, 1.0))
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not torch.equal(model.encoder.vit.blocks[0].attn.qkv.weight, before)
+
+
+def test_fc_norm_needs_mean_pooling():
+    with pytest.raises(ConfigError, match="encoder.fc_norm=true .* encoder.global_pool='avg'"):
+        tiny_encoder(fc_norm=True)
+    with pytest.raises(ConfigError, match="model.head_init_std"):
+        Supervised(encoder=tiny_encoder(), num_classes=10, head_init_std=0.0)
