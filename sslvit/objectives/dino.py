@@ -98,6 +98,7 @@ class DINO(SelfDistillation):
         # training goes on from a DINO checkpoint (the reference's full one: student, teacher, heads, center; or
         # sslvit's), or from any backbone (heads fresh); weights only, the optimiser and schedules start anew
         init_from: Optional[str] = None,
+        compile: bool = False,  # torch.compile each Transformer block (regional; see models.encoder.compile_blocks_)
     ) -> None:
         super().__init__()
         encoder = check_distillation_args(

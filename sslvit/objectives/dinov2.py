@@ -93,6 +93,7 @@ class DINOv2(SelfDistillation):
         patch_embed_lr_mult: float = 0.2,
         betas: tuple[float, float] = (0.9, 0.999),
         accumulate_grad_batches: int = 1,
+        compile: bool = False,  # torch.compile each Transformer block (regional; see models.encoder.compile_blocks_)
     ) -> None:
         super().__init__()
         encoder = check_distillation_args(

@@ -11,7 +11,7 @@ without drop path and without gradients, moved only by the EMA) and defines
 
 and takes these arguments (``self.hparams``): base_lr, min_lr, warmup_epochs, weight_decay,
 weight_decay_end, betas, momentum_teacher, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs,
-freeze_last_layer_epochs, clip_grad, use_bn_in_head, accumulate_grad_batches.
+freeze_last_layer_epochs, clip_grad, use_bn_in_head, accumulate_grad_batches, compile.
 """
 
 from contextlib import nullcontext
@@ -25,7 +25,7 @@ from sslvit.checkpoint import backbone_entry
 from sslvit.errors import ConfigError
 from sslvit.losses.dino import collapse_stats, teacher_temperature
 from sslvit.models.ema import ema_update_
-from sslvit.models.encoder import Encoder
+from sslvit.models.encoder import Encoder, compile_blocks_
 from sslvit.objectives.optim import RunLength, adamw_warmup_cosine, warmup_cosine
 
 N_GLOBAL = 2  # global crops: the teacher's inputs
@@ -46,6 +46,11 @@ class SelfDistillation(LightningModule):
         if self.hparams.use_bn_in_head and trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
+
+    def configure_model(self) -> None:
+        """Lightning's hook before the strategy wraps the model and the optimiser is built."""
+        if self.hparams.compile:
+            compile_blocks_(self)
 
     def eval_encoder(self) -> Encoder:
         """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""

@@ -17,7 +17,7 @@ from sslvit.checkpoint import backbone_entry, load_mae_init, restore_mae_decoder
 from sslvit.errors import ConfigError
 from sslvit.figures import denormalize, image_logger, save_rows
 from sslvit.losses.mae import mae_loss
-from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
+from sslvit.models.encoder import Encoder, EncoderConfig, compile_blocks_, encoder_config
 from sslvit.models.mae_decoder import MAEDecoder
 from sslvit.models.masking import random_masking
 from sslvit.models.patches import patchify, unpatchify
@@ -49,6 +49,7 @@ class MAE(LightningModule):
         # file has one, as the visualize checkpoints do), an sslvit MAE checkpoint, or any backbone (then the
         # decoder starts fresh).  Weights only: the optimiser and schedules start anew.
         init_from: Optional[str] = None,
+        compile: bool = False,  # torch.compile each Transformer block (regional; see models.encoder.compile_blocks_)
     ) -> None:
         super().__init__()
         encoder = encoder_config(encoder)
@@ -112,6 +113,11 @@ class MAE(LightningModule):
         if every and self.global_step % every == 0 and self.trainer.is_global_zero and batch_idx % self.trainer.accumulate_grad_batches == 0:
             self.save_reconstruction(imgs, pred, mask)  # once per optimiser step, also with accumulation
         return loss
+
+    def configure_model(self) -> None:
+        """Lightning's hook before the strategy wraps the model and the optimiser is built."""
+        if self.hparams.compile:
+            compile_blocks_(self)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from sslvit.checkpoint import backbone_entry, load_pretrained
 from sslvit.errors import ConfigError
-from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
+from sslvit.models.encoder import Encoder, EncoderConfig, compile_blocks_, encoder_config
 from sslvit.objectives.optim import adamw_warmup_cosine
 
 
@@ -48,6 +48,7 @@ class Supervised(LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 5,
         min_lr: float = 1e-6,
+        compile: bool = False,  # torch.compile each Transformer block (regional; see models.encoder.compile_blocks_)
     ) -> None:
         super().__init__()
         encoder = encoder_config(encoder)
@@ -105,6 +106,11 @@ class Supervised(LightningModule):
         self.log("val/loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=labels.shape[0])
         self.log("val/top1", self.top1, prog_bar=True)  # torchmetrics syncs over ranks at epoch end
         self.log("val/top5", self.top5)
+
+    def configure_model(self) -> None:
+        """Lightning's hook before the strategy wraps the model and the optimiser is built."""
+        if self.hparams.compile:
+            compile_blocks_(self)
 
     def configure_optimizers(self):
         h = self.hparams
