@@ -142,9 +142,6 @@ def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return _blend(x, grey(x), f)
 
 
-_HUE_OFFSETS = (5.0, 3.0, 1.0)
-
-
 def hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue by ``h`` turns, as torchvision's ``adjust_hue``, in closed form: with the
     hue H in sextants (torchvision's rule for the maximal channel: r, then g, then b),
@@ -156,7 +153,7 @@ def hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     sextant = torch.where(high == r, (g - b) * inv, torch.where(high == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
     sextant = sextant + 6.0 * _per_sample(h)
-    n = torch.tensor(_HUE_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # (5, 3, 1), made on the device
     k = torch.remainder(sextant + n, 6.0)  # [N, 3, H, W]
     return high - span * torch.minimum(k, 4.0 - k).clamp_(0, 1)
 

@@ -27,7 +27,6 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision import io as tv_io
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in source pixels
@@ -136,15 +135,24 @@ class RandomCrop:
 
     def cut(self, image: torch.Tensor, box: Box, scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
         """``box`` (source pixels) of ``image`` (uint8 [3, H, W], decoded at ``scale`` (x, y) of the
-        source) resized to uint8 [3, size, size]: bicubic and antialiased like PIL's, in torch's
-        vectorised uint8 kernel on a channels-last copy of the region (4x faster than PIL's resize, and
-        the crop comes out channels-last, which the batch stacks by a plain copy; benchmarks/data_micro.py).
-        On a GPU torchvision resizes in float and rounds."""
+        source) resized to uint8 [3, size, size]."""
         sx, sy = scale
         left, top = int(box[0] * sx), int(box[1] * sy)
         right, bottom = max(left + 1, round(box[2] * sx)), max(top + 1, round(box[3] * sy))
-        region = image[:, top:bottom, left:right].permute(1, 2, 0).contiguous().permute(2, 0, 1)  # channels-last
-        return F.resize(region, [self.size, self.size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        return resize(image[:, top:bottom, left:right], self.size)
+
+
+def resize(region: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, h, w] -> uint8 [3, size, size], bicubic and antialiased like PIL's (torchvision's
+    ``resize`` to the bit, without its dispatch, a fifth of a local crop's time): torch's vectorised uint8
+    kernel on a channels-last copy of the region, which is 4x faster than PIL's resize and leaves the
+    crop channels-last, which the batch stacks by a plain copy (benchmarks/data_micro.py).  Off the CPU
+    in float, rounded, as torchvision does it there."""
+    x = region.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cpu":
+        return nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
+    y = nn.functional.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
 def draw_boxes(crops: Sequence[RandomCrop], width: int, height: int) -> list[Box]:
@@ -172,26 +180,25 @@ def decode_crops(src: Source, crops: Sequence[RandomCrop], decode: str = "cpu") 
     if jpeg and decode == "device":
         return Encoded(src, boxes)
     min_scale = min(1.0, max(c.min_scale(b) for c, b in zip(crops, boxes)))
-    if jpeg and min_scale > 0.5:  # no DCT scaling possible: libjpeg-turbo straight into a tensor
-        try:
-            image = decode_jpeg(src)
-            scale = (image.shape[2] / size[0], image.shape[1] / size[1])
-            return [c.cut(image, b, scale) for c, b in zip(crops, boxes)]
-        except RuntimeError:  # what libjpeg-turbo refuses, PIL may read (or say why not)
-            pass
-    if img is None:
-        img = Image.open(io.BytesIO(src))
-    rgb = load_rgb(img, min_scale)
-    scale = (rgb.size[0] / size[0], rgb.size[1] / size[1])
-    image = F.pil_to_tensor(rgb)
+    image = _libjpeg_turbo(src) if jpeg and min_scale > 0.5 else None  # no DCT scaling possible: straight into a tensor
+    if image is None:  # other formats, DCT-scaled JPEG decodes, and what libjpeg-turbo refused (PIL reads it, or says why not)
+        image = F.pil_to_tensor(load_rgb(img or Image.open(io.BytesIO(src)), min_scale))
+    scale = (image.shape[2] / size[0], image.shape[1] / size[1])
     return [c.cut(image, b, scale) for c, b in zip(crops, boxes)]
+
+
+def _libjpeg_turbo(src: bytes) -> Optional[torch.Tensor]:
+    try:
+        return decode_jpeg(src)
+    except RuntimeError:
+        return None
 
 
 def check_decodes(src: bytes, decode: str = "cpu") -> None:
     """Raises where a view's ``decode_crops`` would (what a resumed run checks of the batches it passes
-    over, so that it drops the same samples): with ``decode="device"`` a JPEG is only read that far
-    in the worker."""
-    if decode == "device" and jpeg_size(src) is not None:
+    over, so that it drops the same samples), by the same decoder; with ``decode="device"`` a JPEG is
+    only read that far in the worker."""
+    if jpeg_size(src) is not None and (decode == "device" or _libjpeg_turbo(src) is not None):
         return
     load_rgb(Image.open(io.BytesIO(src)))
 

@@ -23,6 +23,7 @@ from sslvit.data.views import (
     jpeg_size,
     load_rgb,
     normalize,
+    resize,
     to_rgb,
 )
 from sslvit.models.encoder import Encoder
@@ -137,6 +138,14 @@ def test_every_mode_and_size_gives_full_crops(mode, size):
     if mode in ("L", "RGB", "CMYK"):  # the modes a JPEG holds, from its bytes
         crops = MultiCropView(24, 8, local_crops=3)(encoded(Image.new(mode, size)))
         assert [tuple(c.shape) for c in crops] == [(3, 24, 24)] * 2 + [(3, 8, 8)] * 3
+
+
+@pytest.mark.parametrize("h, w, size", [(300, 310, 224), (100, 97, 96), (50, 60, 96), (96, 96, 96), (3, 700, 16)])
+def test_resize_is_torchvisions_bicubic_antialiased_resize(h, w, size):
+    region = torch.randint(0, 256, (h + 7, w + 9, 3), dtype=torch.uint8).permute(2, 0, 1)[:, 3:3 + h, 4:4 + w]
+    expected = v2.functional.resize(region, [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    out = resize(region, size)
+    assert torch.equal(out, expected) and out.permute(1, 2, 0).is_contiguous()  # channels-last, for the batch's stack
 
 
 def test_views_only_cut_and_resize():
