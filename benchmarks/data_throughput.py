@@ -42,6 +42,7 @@ import random
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,16 +211,17 @@ def augmentation_figures(paths: list[Path], args) -> dict:
     augment = Augment("multicrop")
     seeds = iter(range(10**6))
     ours = lambda: augment(crops, augment_seed(0, 0, 0, next(seeds)))  # noqa: E731  a fresh draw each time
+    try:
+        kornia = kornia_pipeline(args.local_crops)
+    except ImportError:
+        kornia = None
     figures = {}
     threads = [1, os.cpu_count()] if device.type == "cpu" else [torch.get_num_threads()]
     for n in dict.fromkeys(threads):
         torch.set_num_threads(n)
         figures[f"ours_{device.type}_{n}_threads"] = time_ms(ours, args.aug_repeats, sync)
-        try:
-            figures[f"kornia_{device.type}_{n}_threads"] = time_ms(lambda: kornia_pipeline(args.local_crops)(crops),
-                                                                 args.aug_repeats, sync)
-        except ImportError:
-            pass
+        if kornia is not None:
+            figures[f"kornia_{device.type}_{n}_threads"] = time_ms(lambda: kornia(crops), args.aug_repeats, sync)
     torch.set_num_threads(1)
     if device.type == "cpu":
         figures["pil_per_crop_1_thread"] = statistics.median(pil_photometric_ms(crops) for _ in range(args.aug_repeats))
@@ -234,6 +236,12 @@ def augmentation_figures(paths: list[Path], args) -> dict:
             decode_on_device(out, view.crops)
 
         figures["device_decode_and_crop_ms"] = time_ms(device_decode, args.aug_repeats, sync)
+        torch.cuda.set_sync_debug_mode("warn")  # the draws are made on the host so that nothing waits on the GPU
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ours()
+        torch.cuda.set_sync_debug_mode(0)
+        figures["augment_host_syncs"] = len([w for w in caught if "synchroniz" in str(w.message)])
     return figures
 
 
