@@ -74,8 +74,8 @@ class ShardDataModule(LightningDataModule):
     def train_view(self) -> Callable:
         h = self.hparams
         if h.view == "multicrop":
-            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, h.decode)
-        return MAEView(h.img_size, h.crop_scale, h.decode)
+            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, decode=h.decode)
+        return MAEView(h.img_size, h.crop_scale, decode=h.decode)
 
     def train_dataloader(self) -> StreamLoader:
         h = self.hparams

@@ -243,7 +243,7 @@ class MAEView:
 
     takes_undecoded = True  # the stream hands over the member's bytes; we decode what the crop needs
 
-    def __init__(self, img_size: int, crop_scale: Sequence[float] = (0.2, 1.0), decode: str = "cpu") -> None:
+    def __init__(self, img_size: int, crop_scale: Sequence[float] = (0.2, 1.0), *, decode: str = "cpu") -> None:
         self.crops = [RandomCrop(img_size, crop_scale)]
         self.decode = decode
 
@@ -273,7 +273,8 @@ class MultiCropView:
         local_crops: int = 8,  # DINO's default; 10 for its best ViT-S/16
         global_scale: Sequence[float] = (0.4, 1.0),
         local_scale: Sequence[float] = (0.05, 0.4),
-        decode: str = "cpu",
+        *,
+        decode: str = "cpu",  # "device": JPEGs are left encoded (Encoded) for decode_on_device
     ) -> None:
         self.crops = [RandomCrop(global_size, global_scale)] * 2 + [RandomCrop(local_size, local_scale)] * local_crops
         self.decode = decode
