@@ -1,24 +1,28 @@
-"""Where the data path's time goes, and the measurements behind the views' design choices.
+"""Where the data path's time goes, and the measurements behind the views' and the stream's design choices.
 
     python benchmarks/data_micro.py
 
 On the same real-photo 500 x 375 JPEGs as data_throughput.py, in one process with one torch
-thread (as a loader worker runs):
+thread (as a loader worker runs), each choice against what it replaced:
 
-1. resizing a random crop (scale 0.2-1) to 224: PIL's bicubic ``resize(box=...)`` against
-   torch's antialiased bicubic uint8 kernel (including PIL -> tensor), as ``RandomCrop.cut`` does;
-2. stacking 32 crops into a batch: NCHW ``torch.stack`` against the channels-last stack of
-   ``stream.stack``;
-3. DINO's photometric steps at 96 and 224 px: ColorJitter(0.4, 0.4, 0.2, 0.1) and Gaussian
-   blur (PIL's radius-1 blur against torchvision's 13-tap tensor blur) on PIL images and on
-   uint8 tensors;
-4. a cProfile of ``TrainStream`` with the MAE view, grouped: JPEG decode, crop and resize, tar
-   parsing (``tarfile`` inside WebDataset), and the rest.
+1. reading shards: Python's ``tarfile`` inside WebDataset against ``stream.read_shards`` (our header
+   reader; both grouped by WebDataset's ``group_by_keys``), per sample;
+2. decoding a JPEG into a uint8 tensor: PIL (open, load, ``pil_to_tensor``) against
+   ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight into a tensor);
+3. drawing 12 crop boxes: torchvision's ``RandomResizedCrop.make_params`` per crop against
+   ``views.draw_boxes`` (one ``torch.rand`` for all);
+4. cutting a random crop (scale 0.2-1) and resizing it to 224: PIL's bicubic ``resize(box=...)`` + to
+   tensor, torchvision's ``resize`` on the tensor region, and ``views.resize`` (the same kernel, without
+   the dispatch);
+5. stacking 32 crops into a batch: NCHW ``torch.stack`` against the channels-last stack of ``stream.stack``;
+6. a cProfile of ``TrainStream`` with the MAE view, grouped: JPEG decode, crop and resize, tar reading,
+   and the rest.
 
-Prints milliseconds per image or crop (median of 5 repeats) and the profile shares.
+Prints milliseconds per image, sample or crop (median of 5 repeats) and the profile shares.
 """
 
 import cProfile
+import io
 import pstats
 import statistics
 import sys
@@ -27,7 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageFilter
+import webdataset as wds
+from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -35,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from data_throughput import make_images  # noqa: E402
 
 from sslvit.data.folder import folder_to_shards  # noqa: E402
-from sslvit.data.stream import TrainStream, stack  # noqa: E402
-from sslvit.data.views import MAEView, RandomCrop  # noqa: E402
+from sslvit.data.stream import Skips, TrainStream, read_shards, stack  # noqa: E402
+from sslvit.data.views import MAEView, RandomCrop, decode_jpeg, draw_boxes  # noqa: E402
 
 
 def per_item_ms(fn, items, repeats: int = 5) -> float:
@@ -54,40 +59,52 @@ def main() -> None:
     torch.manual_seed(0)
     root = Path(tempfile.mkdtemp(prefix="sslvit-data-micro-"))
     paths = make_images(root / "folder", 256)
-    images = [Image.open(p).convert("RGB") for p in paths]
-    crop = RandomCrop(224, (0.2, 1.0))
-    boxes = [crop.box(img) for img in images]
-    pairs = list(zip(images, boxes))
+    blobs = [p.read_bytes() for p in paths]
+    shards = folder_to_shards(root / "folder", root / "shards", "micro", maxcount=64, workers=1, progress=False)
+    urls = [str(root / "shards" / name) for name in shards.shards]
     rows = []
 
-    pil = per_item_ms(lambda ps: [i.resize((224, 224), Image.BICUBIC, box=b) for i, b in ps], pairs)
-    ours = per_item_ms(lambda ps: [crop.cut(i, b, (1.0, 1.0)) for i, b in ps], pairs)
-    rows += [("crop resize to 224, PIL bicubic", pil), ("crop resize to 224, torch AA bicubic uint8 (ours)", ours)]
+    def samples_ms(read) -> float:
+        return per_item_ms(lambda us: sum(1 for _ in read(us)), urls) * len(urls) / len(blobs)
 
-    crops = [crop.cut(i, b, (1.0, 1.0)) for i, b in pairs[:32]]
-    nchw = per_item_ms(lambda cs: torch.stack(cs), crops, repeats=50)
-    cl = per_item_ms(lambda cs: stack(cs), crops, repeats=50)
-    rows += [("stack 32 crops, NCHW torch.stack", nchw), ("stack 32 crops, channels-last (ours)", cl)]
+    rows += [("read shards, tarfile (WebDataset)", samples_ms(lambda us: wds.tarfile_samples([{"url": u} for u in us]))),
+             ("read shards, our tar reader", samples_ms(lambda us: read_shards(us, Skips())))]
 
-    jitter = v2.ColorJitter(0.4, 0.4, 0.2, 0.1)
-    blur = v2.GaussianBlur(13, sigma=(0.1, 2.0))
-    for size in (96, 224):
-        tensors = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(32)]
-        pils = [F.to_pil_image(t) for t in tensors]
-        rows += [
-            (f"colour jitter {size} px, PIL (ours)", per_item_ms(lambda xs: [jitter(x) for x in xs], pils)),
-            (f"colour jitter {size} px, uint8 tensor", per_item_ms(lambda xs: [jitter(x) for x in xs], tensors)),
-            (f"blur {size} px, PIL radius 1 (ours)", per_item_ms(lambda xs: [x.filter(ImageFilter.GaussianBlur(1.0)) for x in xs], pils)),
-            (f"blur {size} px, torchvision 13-tap tensor", per_item_ms(lambda xs: [blur(x) for x in xs], tensors)),
-        ]
+    rows += [("decode to a uint8 tensor, PIL", per_item_ms(lambda bs: [F.pil_to_tensor(Image.open(io.BytesIO(b)).convert("RGB"))
+                                                                       for b in bs], blobs)),
+             ("decode to a uint8 tensor, torchvision.io.decode_jpeg (ours)", per_item_ms(lambda bs: [decode_jpeg(b) for b in bs], blobs))]
 
-    print("| step | ms per image or crop |\n|---|---|")
+    crop = RandomCrop(224, (0.2, 1.0))
+    reference = v2.RandomResizedCrop(224, scale=(0.2, 1.0))
+    like = [torch.empty(3, 375, 500)]
+    rows += [("12 crop boxes, RandomResizedCrop.make_params", per_item_ms(lambda xs: [[reference.make_params(like) for _ in range(12)]
+                                                                                        for _ in xs], blobs)),
+             ("12 crop boxes, draw_boxes (ours)", per_item_ms(lambda xs: [draw_boxes([crop] * 12, 500, 375) for _ in xs], blobs))]
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    tensors = [decode_jpeg(b) for b in blobs]
+    boxes = [draw_boxes([crop], 500, 375)[0] for _ in images]
+
+    def tv_cut(t, b):
+        return F.resize(t[:, b[1]:b[3], b[0]:b[2]], [224, 224], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+    rows += [
+        ("crop resize to 224, PIL bicubic + to tensor", per_item_ms(lambda ps: [F.pil_to_tensor(i.resize((224, 224), Image.BICUBIC, box=b))
+                                                                               for i, b in ps], list(zip(images, boxes)))),
+        ("crop resize to 224, torchvision resize of the tensor region", per_item_ms(lambda ps: [tv_cut(t, b) for t, b in ps],
+                                                                                    list(zip(tensors, boxes)))),
+        ("crop resize to 224, views.resize (ours)", per_item_ms(lambda ps: [crop.cut(t, b) for t, b in ps], list(zip(tensors, boxes)))),
+    ]
+
+    crops = [crop.cut(t, b) for t, b in zip(tensors[:32], boxes)]
+    rows += [("stack 32 crops, NCHW torch.stack", per_item_ms(lambda cs: torch.stack(cs), crops, repeats=50)),
+             ("stack 32 crops, channels-last (ours)", per_item_ms(lambda cs: stack(cs), crops, repeats=50))]
+
+    print("| step | ms per image, sample or crop |\n|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
 
-    shards = folder_to_shards(root / "folder", root / "shards", "micro", maxcount=64, workers=1, progress=False)
-    urls = [str(root / "shards" / name) for name in shards.shards]
-    stream = TrainStream(urls, MAEView(224), 32, 16, shuffle_buffer=256)
+    stream = TrainStream(urls, MAEView(224), 32, 8, shuffle_buffer=256)
     list(stream)  # warm
     profile = cProfile.Profile()
     profile.enable()
@@ -96,19 +113,16 @@ def main() -> None:
     stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
     total = sum(v[2] for v in stats.values())
 
-    def own(pred) -> float:
-        return sum(v[2] for k, v in stats.items() if pred(k))
-
     def cum(pred) -> float:
         return max((v[3] for k, v in stats.items() if pred(k)), default=0.0)
 
-    decode = own(lambda k: k[2] == "<method 'decode' of 'ImagingDecoder' objects>")
-    resize = cum(lambda k: k[0].endswith("sslvit/data/views.py") and k[2] == "cut")
+    decode = cum(lambda k: k[0].endswith("sslvit/data/views.py") and k[2] == "decode_jpeg")
+    resize_time = cum(lambda k: k[0].endswith("sslvit/data/views.py") and k[2] == "cut")
     tar = cum(lambda k: k[0].endswith("webdataset/tariterators.py") and k[2] == "group_by_keys")
-    print(f"\nTrainStream + MAEView, cProfile over {16 * 32} images ({total / 512 * 1e3:.2f} ms/image under the profiler):")
-    for name, t in (("JPEG decode", decode), ("crop + resize (RandomCrop.cut)", resize), ("tar parsing (tarfile in WebDataset)", tar)):
+    print(f"\nTrainStream + MAEView, cProfile over {8 * 32} images ({total / 256 * 1e3:.2f} ms/image under the profiler):")
+    for name, t in (("JPEG decode", decode), ("crop + resize (RandomCrop.cut)", resize_time), ("tar reading and grouping", tar)):
         print(f"  {name}: {t / total:.0%}")
-    print(f"  the rest (opening, crop sampling, flip, shuffle, batching): {(total - decode - resize - tar) / total:.0%}")
+    print(f"  the rest (crop sampling, shuffle, batching and stacking): {(total - decode - resize_time - tar) / total:.0%}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ CASES = [
     ("sslvit.fit", ["{recipe}", "--model.init_args.encoder.patch_size=5"], "patch_size=5"),
     ("sslvit.fit", ["{recipe}", "--data.train_shards={missing}"], "nope-0.tar"),
     ("sslvit.fit", ["{recipe}", "--data.train_shards={empty}"], "empty-000000.tar"),
+    ("sslvit.fit", ["{recipe}", "--data.augment_on=gpu"], "data.augment_on='gpu'"),
     ("sslvit.fit", ["{recipe}", "--ckpt_path={root}/gone.ckpt"], "gone.ckpt"),
     ("sslvit.fit", ["{recipe}", "--ckpt_path={evil}"], "evil.ckpt"),
     ("sslvit.fit", ["{recipe}", "--ckpt_path={not_ckpt}"], "notes.ckpt"),

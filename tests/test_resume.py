@@ -21,7 +21,7 @@ ROOT = Path(__file__).parent.parent
 MAX_STEPS = 14  # 5 batches an epoch: the kill lands in the second or third epoch, part-way through it
 
 
-def dino_recipe(tmp_path: Path, shards: list[str], run: str) -> Path:
+def dino_recipe(tmp_path: Path, shards: list[str], run: str, workers: int = 2) -> Path:
     recipe = {
         "seed_everything": 0,
         # max_epochs as well, as every recipe has: Lightning then sets the train loader up before restoring
@@ -33,7 +33,7 @@ def dino_recipe(tmp_path: Path, shards: list[str], run: str) -> Path:
                         "drop_path_rate": 0.1},  # drop path: the model's own random numbers must resume too
             "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "warmup_epochs": 1, "warmup_teacher_temp_epochs": 2}},
         "data": {"train_shards": shards, "view": "multicrop", "img_size": 32, "local_crops": 2, "local_img_size": 16,
-                 "batch_size": 8, "num_workers": 2, "epoch_samples": 40, "shuffle_buffer": 16},
+                 "batch_size": 8, "num_workers": workers, "epoch_samples": 40, "shuffle_buffer": 16},
     }
     path = tmp_path / f"{run}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -41,12 +41,13 @@ def dino_recipe(tmp_path: Path, shards: list[str], run: str) -> Path:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tiny_shards, tmp_path):
-    assert main([str(dino_recipe(tmp_path, tiny_shards["train"], "ref"))]) == 0
+@pytest.mark.parametrize("workers", [0, 2])  # flips and DINO's photometric steps on the device, seeded per batch
+def test_killed_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tiny_shards, tmp_path, workers):
+    assert main([str(dino_recipe(tmp_path, tiny_shards["train"], "ref", workers))]) == 0
     reference = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)
     assert reference["global_step"] == MAX_STEPS
 
-    recipe = dino_recipe(tmp_path, tiny_shards["train"], "killed")
+    recipe = dino_recipe(tmp_path, tiny_shards["train"], "killed", workers)
     ckpts = tmp_path / "killed" / "checkpoints"
     proc = subprocess.Popen([sys.executable, "-m", "sslvit.fit", str(recipe), "--checkpoint_every_n_steps=1"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,4 +1,10 @@
-"""The one LightningDataModule every objective reads through."""
+"""The one LightningDataModule every objective reads through.
+
+A training batch, in order: the loader workers read, decode and crop (``views.py``: uint8 crops);
+``on_after_batch_transfer``, on the device, then decodes what the workers left encoded
+(``data.decode: device``), flips and, for multi-crop, runs DINO's photometric steps
+(``augment.py``; in the workers instead with ``data.augment_on: workers``), and normalises.
+"""
 
 from typing import Callable, Optional, Sequence, Union
 
@@ -7,13 +13,15 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from sslvit.data.augment import Augment, augment_seed
 from sslvit.data.shards import expand_urls, manifest_samples
 from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
-from sslvit.data.views import MAEView, MultiCropView, eval_view, finetune_view, normalize
+from sslvit.data.views import DECODES, MAEView, MultiCropView, decode_on_device, eval_view, finetune_view, normalize
 from sslvit.errors import ConfigError
 
 Shards = Union[str, list[str]]
 VIEWS = ("mae", "multicrop", "finetune")
+AUGMENT_ON = ("device", "workers")
 
 
 def _check_scale(key: str, scale: Sequence[float]) -> None:
@@ -41,6 +49,10 @@ class ShardDataModule(LightningDataModule):
         resampled: bool = False,  # draw shards with replacement: for endless streams with no natural epoch
         shuffle_buffer: int = 2000,  # samples held per worker for shuffling
         seed: int = 0,
+        # where flips and DINO's photometric steps run: batched on the training device (the GPU; on a
+        # CPU-only fit the main process), or in each loader worker on its batch (docs/benchmarks.md)
+        augment_on: str = "device",
+        decode: str = "cpu",  # "device": the workers leave JPEGs encoded, decoded batched on the GPU (nvJPEG)
     ) -> None:
         super().__init__()
         for key, value in {"batch_size": batch_size, "img_size": img_size, "local_img_size": local_img_size}.items():
@@ -49,20 +61,25 @@ class ShardDataModule(LightningDataModule):
         for key, value in {"num_workers": num_workers, "local_crops": local_crops, "shuffle_buffer": shuffle_buffer}.items():
             if value < 0:
                 raise ConfigError(f"data.{key}={value} must be >= 0")
-        if view not in VIEWS:
-            raise ConfigError(f"data.view={view!r} is not one of {list(VIEWS)}")
+        for key, value, allowed in (("view", view, VIEWS), ("augment_on", augment_on, AUGMENT_ON), ("decode", decode, DECODES)):
+            if value not in allowed:
+                raise ConfigError(f"data.{key}={value!r} is not one of {list(allowed)}")
+        if decode == "device" and augment_on == "workers":
+            raise ConfigError("data.decode=device leaves decoding to the device, after the workers: it needs data.augment_on=device")
         _check_scale("crop_scale", crop_scale)
         _check_scale("local_crop_scale", local_crop_scale)
         self.save_hyperparameters()
         self.batch_size = batch_size
+        self.view = self.train_view()
+        self.augment = Augment(view, hflip)
 
     def train_view(self) -> Callable:
         h = self.hparams
         if h.view == "multicrop":
-            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, h.hflip)
-        if h.view == "finetune":
+            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, decode=h.decode)
+        if h.view == "finetune":  # timm's transform does it all in the workers (its flip too)
             return finetune_view(h.img_size, h.crop_scale, h.hflip)
-        return MAEView(h.img_size, h.crop_scale, h.hflip)
+        return MAEView(h.img_size, h.crop_scale, decode=h.decode)
 
     def train_dataloader(self) -> StreamLoader:
         h = self.hparams
@@ -83,8 +100,8 @@ class ShardDataModule(LightningDataModule):
                 "shards within a pass; write more, smaller shards (make_shards --maxcount) for a full shuffle"
             )
         stream = TrainStream(
-            urls, self.train_view(), h.batch_size, batches_per_epoch(samples, h.batch_size, world),
-            rank, world, h.seed, h.resampled, h.shuffle_buffer,
+            urls, self.view, h.batch_size, batches_per_epoch(samples, h.batch_size, world),
+            rank, world, h.seed, h.resampled, h.shuffle_buffer, self.augment if h.augment_on == "workers" else None,
         )
         return StreamLoader(stream, h.num_workers, position_of=(lambda: train_position(trainer)) if trainer else None)
 
@@ -117,16 +134,42 @@ class ShardDataModule(LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training views give uint8 crops; normalise them here, on the device, once per batch."""
-        if isinstance(batch, dict) and "image" in batch:
-            images = batch["image"]
-            batch["image"] = [_normalized(x) for x in images] if isinstance(images, list) else _normalized(images)
+        """On the device, once per batch: decode what the workers left encoded (``data.decode: device``),
+        augment a training batch (``data.augment_on: device``; its seed from its place in the epoch,
+        ``batch["position"]``), normalise."""
+        if not (isinstance(batch, dict) and "image" in batch):
+            return batch
+        if "encoded" in batch:
+            _drop(batch, decode_on_device(batch, self.view.crops))
+        train = "position" in batch  # a training stream's batch
+        if train and self.hparams.augment_on == "device":
+            batch["image"] = self.augment(batch["image"], augment_seed(self.hparams.seed, *batch["position"]))
+        images, augmented = batch["image"], train and self.hparams.view != "finetune"  # finetune: normalised in the view
+        batch["image"] = [_normalized(x, augmented) for x in images] if isinstance(images, list) \
+            else _normalized(images, augmented)
         return batch
 
 
-def _normalized(images: torch.Tensor) -> torch.Tensor:
-    """uint8 crops -> ImageNet-normalised float; already-float images (timm's eval view) as they are."""
-    return normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if images.dtype == torch.uint8 else images
+def _drop(batch: dict, failed: list[int]) -> None:
+    """Takes the samples the device could not decode out of the batch, names and counts them."""
+    if not failed:
+        return
+    for i in failed:
+        rank_zero_warn(f"skipped {batch['url'][i]}:{batch['key'][i]}: the device could not decode its JPEG")
+    keep = [i for i in range(len(batch["key"])) if i not in set(failed)]
+    index = torch.tensor(keep, device=batch["label"].device)
+    images = batch["image"]
+    batch["image"] = [x[index] for x in images] if isinstance(images, list) else images[index]
+    batch["label"] = batch["label"][index]
+    batch["key"] = [batch["key"][i] for i in keep]
+    batch["url"] = [batch["url"][i] for i in keep]
+    batch["skipped"] = batch["skipped"] + torch.tensor([len(failed), 0], device=batch["skipped"].device)
+
+
+def _normalized(images: torch.Tensor, augmented: bool) -> torch.Tensor:
+    """uint8 crops, or an augmented training batch's (float in [0, 255]) -> ImageNet-normalised float;
+    timm's transforms' images (evaluation, fine-tuning: normalised already) as they are."""
+    return normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if augmented or images.dtype == torch.uint8 else images
 
 
 def train_position(trainer) -> tuple[int, int]:

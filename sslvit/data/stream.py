@@ -15,18 +15,21 @@ one (``batch["skipped"]`` = [samples, shards]) so the trainer can add them up ov
 and ranks.
 """
 
+import importlib
 import io
 import itertools
 import random
+import re
 import warnings
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sslvit.data.views import load_rgb
+from sslvit.data.augment import augment_seed, quantize
+from sslvit.data.views import Encoded, load_rgb
 from sslvit.errors import ConfigError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm")
@@ -67,22 +70,138 @@ def _reason(err: BaseException) -> str:
 
 
 def read_shards(urls: Iterable[str], skips: Skips) -> Iterator[dict]:
-    """Raw samples (``__key__``, ``__url__`` and image/cls bytes) of each shard in turn."""
+    """Raw samples (``__key__``, ``__url__`` and image/cls bytes) of each shard in turn: the members of
+    a tar grouped into samples by WebDataset's rule (``group_by_keys``)."""
     for url in urls:
         try:
-            yield from wds.tarfile_samples([{"url": url}])
+            with wds.gopen(url, bufsize=1 << 16) as stream:
+                members = ({"fname": name, "data": data, "__url__": url} for name, data in tar_members(stream))
+                yield from wds.tariterators.group_by_keys(members)
         except Exception as err:  # cannot open, truncated tar, failing pipe: report it, read on
             skips.shard(url, err)
 
 
-def open_image(sample: dict) -> Image.Image:
-    """The sample's image, opened (header read) but not decoded."""
+BLOCK = 512
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZ": "bz2", b"\xfd7": "lzma"}  # what tarfile's "r|*" also reads
+_META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata members, skipped as it skips them
+
+
+def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular file of a tar read as a stream (a file, a pipe, a socket), in order.
+
+    Python's ``tarfile`` was 18% of a worker's time on the MAE view (``benchmarks/data_micro.py``); this
+    reads each 512-byte header with a few slices, checks its checksum, and reads the member's bytes
+    straight after it: ustar names with a prefix, GNU long names and pax ``path``/``size`` records,
+    gzip/bz2/xz-compressed tars.  A tar that breaks off (also between two members: every tar writer ends
+    with zero blocks), or a header that is not one, raises."""
+    head = stream.read(BLOCK)
+    if head[:2] in _COMPRESSED:
+        module = importlib.import_module(_COMPRESSED[head[:2]])
+        stream = module.open(_Prepended(head, stream), "rb")
+        head = stream.read(BLOCK)
+    pax: Optional[dict] = None  # None until the first header
+    longname = None
+    while True:
+        if len(head) < BLOCK:  # (tarfile takes a tar cut between two members for a whole one)
+            raise EOFError(f"the tar breaks off in a header ({len(head)} of {BLOCK} bytes)" if head else
+                           "the tar breaks off between two members (no end-of-archive blocks)" if pax is not None
+                           else "an empty file, not a tar")
+        if head == _ZEROS:
+            return
+        if not _checksum_matches(head):
+            raise ValueError("not a tar header (bad checksum)")
+        pax = pax or {}
+        size = int(pax["size"]) if "size" in pax else _number(head[124:136])
+        data = stream.read(size)
+        if len(data) < size:
+            raise EOFError(f"the tar breaks off in a member ({len(data)} of {size} bytes)")
+        stream.read(-size % BLOCK)
+        kind = head[156:157]
+        if kind == b"L":  # GNU long name of the next member
+            longname = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif kind == b"x":  # pax header of the next member
+            pax = _pax_records(data)
+        elif kind in (b"g", b"K"):  # pax global header, GNU long link name
+            pass
+        else:
+            if kind in (b"0", b"\0", b"7"):
+                name = pax.get("path") or longname or _name(head)
+                if not _META.match(name):
+                    yield name, data
+            pax, longname = {}, None
+        head = stream.read(BLOCK)
+
+
+_ZEROS = bytes(BLOCK)
+
+
+def _checksum_matches(head: bytes) -> bool:
+    try:
+        stored = _number(head[148:156])
+    except ValueError:  # not octal digits
+        return False
+    return stored == sum(head[:148]) + 8 * 32 + sum(head[156:])  # the checksum field itself counts as spaces
+
+
+def _number(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    return int(digits, 8) if digits else 0
+
+
+def _name(head: bytes) -> str:
+    name = head[:100].split(b"\0", 1)[0]
+    if head[257:262] == b"ustar":
+        prefix = head[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _pax_records(data: bytes) -> dict:
+    """'LENGTH KEY=VALUE\\n' records."""
+    records, i = {}, 0
+    while i < len(data) and data[i:i + 1] != b"\0":
+        length = int(data[i:data.index(b" ", i)])
+        key, _, value = data[data.index(b" ", i) + 1:i + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        i += length
+    return records
+
+
+class _Prepended(io.RawIOBase):
+    """``head`` then the rest of ``stream``: the bytes read to recognise a compressed tar, given back."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def image_bytes(sample: dict) -> bytes:
+    """The bytes of the sample's image member."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise ValueError(f"no image member (members: {sorted(k for k in sample if not k.startswith('__'))})")
     if not sample[ext]:
         raise ValueError(f"empty .{ext} member")
-    return Image.open(io.BytesIO(sample[ext]))
+    return sample[ext]
+
+
+def open_image(sample: dict) -> Image.Image:
+    """The sample's image, opened (header read) but not decoded."""
+    return Image.open(io.BytesIO(image_bytes(sample)))
 
 
 def decode(sample: dict) -> tuple[Image.Image, int]:
@@ -95,9 +214,9 @@ def label_of(sample: dict) -> int:
 
 
 def apply_view(sample: dict, view: Callable) -> tuple:
-    """(view output, label, key, shard URL). Our training views decode lazily themselves (``takes_undecoded``)."""
-    img = open_image(sample)
-    out = view(img) if getattr(view, "takes_undecoded", False) else view(load_rgb(img))
+    """(view output, label, key, shard URL). Our training views take the member's bytes and decode what
+    their crops need (``takes_undecoded``); any other view gets the decoded RGB image."""
+    out = view(image_bytes(sample)) if getattr(view, "takes_undecoded", False) else view(load_rgb(open_image(sample)))
     return out, label_of(sample), sample["__key__"], sample.get("__url__", "")
 
 
@@ -107,20 +226,29 @@ def stack(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([x.permute(1, 2, 0) for x in images]).permute(0, 3, 1, 2)
 
 
-def collate(items: list[tuple], skips: Skips) -> dict:
+def collate(items: list[tuple], skips: Skips, placeholder: Optional[Callable[[], object]] = None) -> dict:
+    """A batch of viewed samples.  Samples left encoded for the device (``views.Encoded``) get the view's
+    ``placeholder()`` (zero crops) in the batch, and travel as bytes and boxes in ``batch["encoded"]``."""
     views = [it[0] for it in items]
+    encoded = [i for i, v in enumerate(views) if isinstance(v, Encoded)]
+    if encoded:
+        views = [placeholder() if isinstance(v, Encoded) else v for v in views]
     image = [stack(crops) for crops in zip(*views)] if isinstance(views[0], list) else stack(views)
-    return {
+    batch = {
         "image": image,  # [B, 3, H, W], or a list of them (multi-crop)
         "label": torch.tensor([it[1] for it in items]),  # -1 where unlabelled
         "key": [it[2] for it in items],
         "url": [it[3] for it in items],  # the shard of each sample: keys are unique only within a shard
         "skipped": skips.take(),
     }
+    if encoded:  # bytes and lists, not tensors: they stay on the host when the batch moves to the device
+        batch["encoded"] = {"index": encoded, "data": [items[i][0].data for i in encoded],
+                            "boxes": [items[i][0].boxes for i in encoded]}
+    return batch
 
 
 class BatchSeeds:
-    """The views' random numbers (crops, flips, jitter) as a function of the batch: batch ``b`` is viewed
+    """The views' random numbers (the crop boxes) as a function of the batch: batch ``b`` is viewed
     with the torch generator seeded by ``seed_of(b)``, swapped in around each sample and out again, so the
     model's own random numbers never mix with the data's, and a stream resumed at batch ``b`` views it
     exactly as the first run did."""
@@ -130,10 +258,9 @@ class BatchSeeds:
         self.state = None
 
     def start(self, batch: int) -> None:
-        saved = torch.get_rng_state()
-        torch.manual_seed(self.seed_of(batch))
-        self.state = torch.get_rng_state()
-        torch.set_rng_state(saved)
+        # the state torch.manual_seed would give the global generator, without its calls into every device
+        # type (each records a stack trace while CUDA is not initialised: 2 ms a batch)
+        self.state = torch.Generator().manual_seed(self.seed_of(batch)).get_state()
 
     def view(self, sample: dict, view: Callable) -> tuple:
         saved = torch.get_rng_state()
@@ -145,10 +272,11 @@ class BatchSeeds:
             torch.set_rng_state(saved)
 
 
-def check_decodes(sample: dict) -> tuple:
-    """What a skipped-over batch needs: that the sample decodes (so the same ones are dropped as in the
-    first run), without the cost of the view."""
-    load_rgb(open_image(sample))
+def check_decodes(sample: dict, view: Callable) -> tuple:
+    """What a skipped-over batch needs: that the sample decodes as far as the view would decode it (so
+    the same ones are dropped as in the first run), without the cost of the view."""
+    check = getattr(view, "check", None)
+    check(image_bytes(sample)) if check is not None else load_rgb(open_image(sample))
     return None, label_of(sample), sample["__key__"], sample.get("__url__", "")
 
 
@@ -161,12 +289,13 @@ def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Ski
     ``seeds`` seeds the views per batch; the first ``skip`` batches are read and decoded but not
     viewed or yielded (a run resumed part-way through an epoch)."""
     items, held, streak, index = [], None, 0, 0
+    placeholder = getattr(view, "placeholder", None)
     if seeds is not None:
         seeds.start(index)
     for sample in samples:
         try:
             if index < skip:
-                items.append(check_decodes(sample))
+                items.append(check_decodes(sample, view))
             else:
                 items.append(seeds.view(sample, view) if seeds is not None else apply_view(sample, view))
             streak = 0
@@ -185,17 +314,17 @@ def batches(samples: Iterable[dict], view: Callable, batch_size: int, skips: Ski
                 items = []
                 continue
             if held is not None:
-                yield collate(held, skips)
+                yield collate(held, skips, placeholder)
             held, items = items, []
             if not partial:
-                yield collate(held, skips)
+                yield collate(held, skips, placeholder)
                 held = None
     if items and partial:
         if held is not None:
-            yield collate(held, skips)
+            yield collate(held, skips, placeholder)
         held = items
     if held is not None:
-        yield collate(held, skips)
+        yield collate(held, skips, placeholder)
 
 
 def _reader() -> tuple[int, int]:
@@ -208,7 +337,11 @@ def _seed(*parts) -> int:
 
 
 class TrainStream(IterableDataset):
-    """``batches`` batches per epoch on this rank, from an endless stream of shuffled shards."""
+    """``batches`` batches per epoch on this rank, from an endless stream of shuffled shards.
+
+    Each batch carries its place, ``batch["position"] = [rank, epoch, b]``, b counted from 0 over the
+    epoch on this rank whatever the number of workers: what its augmentation's draws are seeded by
+    (``augment.augment_seed``), on the device or, given ``augment``, here in the worker."""
 
     def __init__(
         self,
@@ -221,10 +354,11 @@ class TrainStream(IterableDataset):
         seed: int = 0,
         resampled: bool = False,  # draw shards with replacement (endless streams) instead of passes
         shuffle_buffer: int = 2000,
+        augment: Optional[Callable] = None,  # (images, seed) -> images, run here on each batch (augment_on: workers)
     ) -> None:
         self.urls, self.view, self.batch_size, self.batches = list(urls), view, batch_size, batches
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
+        self.resampled, self.shuffle_buffer, self.augment = resampled, shuffle_buffer, augment
         self.epoch = 0
         self.done = 0  # batches of this epoch that a resumed run already trained on
 
@@ -272,7 +406,11 @@ class TrainStream(IterableDataset):
             samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed)(samples)
         seeds = BatchSeeds(lambda b: _seed(self.seed, self.epoch, slot, "views", b))
         stream = batches(samples, self.view, self.batch_size, skips, partial=False, seeds=seeds, skip=done)
-        yield from itertools.islice(stream, quota - done)
+        for b, batch in enumerate(itertools.islice(stream, quota - done), start=done):
+            batch["position"] = position = [self.rank, self.epoch, b * workers + part]  # the loader's order
+            if self.augment is not None:
+                batch["image"] = quantize(self.augment(batch["image"], augment_seed(self.seed, *position)))
+            yield batch
 
 
 class EvalStream(IterableDataset):

@@ -1,27 +1,37 @@
-"""Views: what the model sees of each image (torchvision.transforms.v2, PIL and timm).
+"""Views: what the model sees of each image (torchvision.transforms.v2, PIL, libjpeg-turbo and timm).
 
-Training views take the image *opened but not decoded* (``PIL.Image.open``), draw their
-crop boxes from its header size, and decode only what the crops need: a JPEG is decoded at
-1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's ``draft``) when even the smallest crop
-still has at least its output resolution there.  Each crop is cut by PIL and resized by torch's
-vectorised uint8 kernel; photometric steps run on the small crops in PIL (faster there than on
-tensors); the result is a uint8 tensor, normalised on the device by the DataModule (4x less to
-copy between worker, host and GPU, and no per-pixel float work in the workers).
+The training views only decode and crop; flips and DINO's photometric steps run on whole batches,
+on the device (``augment.py``).  A view draws its crop boxes from the image's size (read from the
+JPEG header, or from PIL's), then decodes only what the crops need:
+
+* a JPEG whose crops all allow it is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling
+  (PIL's ``draft``), when even the smallest crop still has its output resolution there;
+* any other JPEG by ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight into a tensor: no PIL
+  image, no copy into a tensor, ``benchmarks/data_micro.py``); other formats by PIL;
+* with ``decode="device"`` a JPEG is not decoded in the worker at all: the view hands on its bytes
+  and boxes (``Encoded``) and ``decode_on_device`` decodes the batch where it lives (nvJPEG on a GPU).
+
+Each crop is cut from the decoded tensor and resized by torch's vectorised uint8 kernel (bicubic,
+antialiased, like PIL's), in channels-last memory; the result is uint8, normalised on the device by
+the DataModule (4x less to copy between worker, host and GPU, no per-pixel float work in the workers).
 
 The evaluation view is the transform timm resolves for the backbone, so evaluation sees what
 a downstream timm user gets.
 """
 
+import io
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
+from torchvision import io as tv_io
 from torchvision.transforms.v2 import functional as F
 
-Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
+Box = tuple[int, int, int, int]  # left, top, right, bottom in source pixels
+ATTEMPTS = 10  # torchvision's RandomResizedCrop tries this many boxes before it falls back to a central one
+DECODES = ("cpu", "device")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -47,76 +57,212 @@ def load_rgb(img: Image.Image, min_scale: float = 1.0) -> Image.Image:
     return to_rgb(img)
 
 
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # start-of-frame markers
+
+
+def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) from a JPEG's frame header, or None if ``data`` does not read as a JPEG that far
+    (then PIL opens it, and says what is wrong)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            height, width = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+            return (width, height) if width and height else None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def decode_jpeg(data: Union[bytes, Sequence[bytes]], device: Union[str, torch.device] = "cpu"):
+    """JPEG bytes -> uint8 RGB [3, H, W] (channels-last memory on the CPU), or a list of them decoded
+    together (nvJPEG on a GPU).  torchvision 0.29 marks its image decoders deprecated in favour of
+    TorchCodec; this is the one place to change when they go."""
+    if isinstance(data, bytes):
+        return tv_io.decode_jpeg(_bytes_tensor(data), mode=tv_io.ImageReadMode.RGB, device=device)
+    return tv_io.decode_jpeg([_bytes_tensor(b) for b in data], mode=tv_io.ImageReadMode.RGB, device=device)
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)  # a writable copy: torch warns on read-only buffers
+
+
 class RandomCrop:
-    """Random resized crop as torchvision's v2.RandomResizedCrop draws it (same area-scale and
-    log-ratio sampling, same RNG), cut from a lazily decoded image."""
+    """Random resized crop as torchvision's v2.RandomResizedCrop draws it (the same area-scale and
+    log-ratio sampling, 10 tries, then a central crop), from a fixed number of uniforms per crop
+    drawn in one call for all the crops of an image: 12 crops' boxes cost one ``torch.rand``."""
 
     def __init__(self, size: int, scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
-        self.size = size
-        self._sampler = v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio))
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        self._log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
-    def box(self, img: Image.Image) -> Box:
-        p = self._sampler.make_params([img])  # reads only img.size
-        return (p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"])
+    def box(self, width: int, height: int, u: Sequence[float]) -> Box:
+        """The box of an image of ``width`` x ``height`` from ``4 * ATTEMPTS`` uniforms in [0, 1)."""
+        area = width * height
+        (s0, s1), (r0, r1) = self.scale, self._log_ratio
+        for a in range(ATTEMPTS):
+            target = area * (s0 + (s1 - s0) * u[4 * a])
+            aspect = math.exp(r0 + (r1 - r0) * u[4 * a + 1])
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = min(int(u[4 * a + 2] * (height - h + 1)), height - h)
+                left = min(int(u[4 * a + 3] * (width - w + 1)), width - w)
+                return left, top, left + w, top + h
+        in_ratio = width / height  # torchvision's fallback: the central crop within the ratio range
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+        return left, top, left + w, top + h
 
     def min_scale(self, box: Box) -> float:
         """The smallest decode scale at which ``box`` still has ``size`` pixels each way."""
         return self.size / min(box[2] - box[0], box[3] - box[1])
 
-    def cut(self, img: Image.Image, box: Box, scale: tuple[float, float]) -> torch.Tensor:
-        """``box`` (source pixels) of ``img`` decoded at ``scale`` (x, y) of the source, as a uint8
-        [3, size, size] tensor: PIL cuts the region, torch resizes it (bicubic, antialiased, like
-        PIL's, in torch's vectorised uint8 kernel: 4x faster than PIL's; benchmarks/data_micro.py)."""
+    def cut(self, image: torch.Tensor, box: Box, scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """``box`` (source pixels) of ``image`` (uint8 [3, H, W], decoded at ``scale`` (x, y) of the
+        source) resized to uint8 [3, size, size]."""
         sx, sy = scale
         left, top = int(box[0] * sx), int(box[1] * sy)
         right, bottom = max(left + 1, round(box[2] * sx)), max(top + 1, round(box[3] * sy))
-        region = F.pil_to_tensor(img.crop((left, top, right, bottom)))  # [3, h, w], channels-last in memory
-        return F.resize(region, [self.size, self.size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        return resize(image[:, top:bottom, left:right], self.size)
 
 
-def decode_crops(img: Image.Image, crops: Sequence[RandomCrop]) -> list[torch.Tensor]:
-    """One decode of ``img`` at the coarsest scale every crop allows, then each crop."""
-    source = img.size
-    boxes = [c.box(img) for c in crops]
-    rgb = load_rgb(img, min(1.0, max(c.min_scale(b) for c, b in zip(crops, boxes))))
-    scale = (rgb.size[0] / source[0], rgb.size[1] / source[1])
-    return [c.cut(rgb, b, scale) for c, b in zip(crops, boxes)]
+def resize(region: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, h, w] -> uint8 [3, size, size], bicubic and antialiased like PIL's (torchvision's
+    ``resize`` to the bit, without its dispatch, a fifth of a local crop's time): torch's vectorised uint8
+    kernel on a channels-last copy of the region, which is 4x faster than PIL's resize and leaves the
+    crop channels-last, which the batch stacks by a plain copy (benchmarks/data_micro.py).  Off the CPU
+    in float, rounded, as torchvision does it there."""
+    x = region.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cpu":
+        return nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
+    y = nn.functional.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
-class RandomGaussianBlur:
-    """PIL Gaussian blur with radius ~ U(low, high), applied with probability p (DINO, BYOL)."""
+def draw_boxes(crops: Sequence[RandomCrop], width: int, height: int) -> list[Box]:
+    u = torch.rand(len(crops), 4 * ATTEMPTS, dtype=torch.float64).tolist()  # the torch RNG: seeded per batch
+    return [c.box(width, height, v) for c, v in zip(crops, u)]
 
-    def __init__(self, p: float, radius: Sequence[float] = (0.1, 2.0)) -> None:
-        self.p, self.radius = p, tuple(radius)
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        if self.p < 1 and torch.rand(()) >= self.p:
-            return img
-        low, high = self.radius
-        return img.filter(ImageFilter.GaussianBlur(low + (high - low) * float(torch.rand(()))))
+class Encoded(NamedTuple):
+    """A JPEG left for the device to decode (``decode="device"``): its bytes and its crops' boxes."""
+
+    data: bytes
+    boxes: list[Box]
+
+
+Source = Union[bytes, Image.Image]  # an image member's bytes, or an image opened (not yet decoded) by PIL
+
+
+def decode_crops(src: Source, crops: Sequence[RandomCrop], decode: str = "cpu") -> Union[list[torch.Tensor], Encoded]:
+    """The crops of one image, decoded once at the coarsest scale every crop allows; with
+    ``decode="device"`` a JPEG's boxes only (``Encoded``)."""
+    jpeg = jpeg_size(src) if isinstance(src, bytes) else None
+    img = None if jpeg else Image.open(io.BytesIO(src)) if isinstance(src, bytes) else src
+    size = jpeg or img.size
+    boxes = draw_boxes(crops, *size)
+    if jpeg and decode == "device":
+        return Encoded(src, boxes)
+    min_scale = min(1.0, max(c.min_scale(b) for c, b in zip(crops, boxes)))
+    image = _libjpeg_turbo(src) if jpeg and min_scale > 0.5 else None  # no DCT scaling possible: straight into a tensor
+    if image is None:  # other formats, DCT-scaled JPEG decodes, and what libjpeg-turbo refused (PIL reads it, or says why not)
+        image = F.pil_to_tensor(load_rgb(img or Image.open(io.BytesIO(src)), min_scale))
+    scale = (image.shape[2] / size[0], image.shape[1] / size[1])
+    return [c.cut(image, b, scale) for c, b in zip(crops, boxes)]
+
+
+def _libjpeg_turbo(src: bytes) -> Optional[torch.Tensor]:
+    try:
+        return decode_jpeg(src)
+    except RuntimeError:
+        return None
+
+
+def check_decodes(src: bytes, decode: str = "cpu") -> None:
+    """Raises where a view's ``decode_crops`` would (what a resumed run checks of the batches it passes
+    over, so that it drops the same samples), by the same decoder; with ``decode="device"`` a JPEG is
+    only read that far in the worker."""
+    if jpeg_size(src) is not None and (decode == "device" or _libjpeg_turbo(src) is not None):
+        return
+    load_rgb(Image.open(io.BytesIO(src)))
+
+
+def decode_on_device(batch: dict, crops: Sequence[RandomCrop]) -> list[int]:
+    """Decodes the JPEGs a ``decode="device"`` view left encoded (``batch["encoded"]``), on the device
+    of ``batch["image"]``, in one batched call, and cuts their crops into the batch's places for them.
+    Returns the samples that would not decode (the caller drops them)."""
+    images = batch["image"] if isinstance(batch["image"], list) else [batch["image"]]
+    encoded = batch.pop("encoded")
+    index, data, boxes = encoded["index"], encoded["data"], encoded["boxes"]
+    if not index:
+        return []
+    device = images[0].device
+    try:
+        decoded = decode_jpeg(data, device=device)
+    except RuntimeError:  # one bad JPEG fails the whole call: decode one by one to find it
+        decoded = []
+        for b in data:
+            try:
+                decoded.append(decode_jpeg(b, device=device))
+            except RuntimeError:
+                decoded.append(None)
+    failed = []
+    for i, image, sample_boxes in zip(index, decoded, boxes):
+        if image is None:
+            failed.append(i)
+            continue
+        for out, crop, box in zip(images, crops, sample_boxes):
+            out[i] = crop.cut(image, box)
+    return failed
+
+
+def zero_crops(crops: Sequence[RandomCrop]) -> list[torch.Tensor]:
+    """Where a sample left encoded goes in its batch until the device decodes it (channels-last, as cut crops)."""
+    return [torch.zeros(c.size, c.size, 3, dtype=torch.uint8).permute(2, 0, 1) for c in crops]
 
 
 class MAEView:
-    """MAE pre-training view (He et al. 2022, App. A.1): random resized crop (scale 0.2-1,
-    bicubic) and horizontal flip.  Returns a uint8 tensor [3, size, size]."""
+    """MAE pre-training view (He et al. 2022, App. A.1): random resized crop (scale 0.2-1, bicubic).
+    Returns a uint8 tensor [3, size, size]; the flip follows on the batch (``augment.Augment``)."""
 
-    takes_undecoded = True  # the stream hands over the opened image; we decode what the crop needs
+    takes_undecoded = True  # the stream hands over the member's bytes; we decode what the crop needs
 
-    def __init__(self, img_size: int, crop_scale: Sequence[float] = (0.2, 1.0), hflip: bool = True) -> None:
-        self.crop = RandomCrop(img_size, crop_scale)
-        self.flip = v2.RandomHorizontalFlip(0.5 if hflip else 0.0)
+    def __init__(self, img_size: int, crop_scale: Sequence[float] = (0.2, 1.0), *, decode: str = "cpu") -> None:
+        self.crops = [RandomCrop(img_size, crop_scale)]
+        self.decode = decode
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        (crop,) = decode_crops(img, [self.crop])
-        return self.flip(crop)
+    def __call__(self, src: Source) -> Union[torch.Tensor, Encoded]:
+        out = decode_crops(src, self.crops, self.decode)
+        return out if isinstance(out, Encoded) else out[0]
+
+    def check(self, src: bytes) -> None:
+        check_decodes(src, self.decode)
+
+    def placeholder(self) -> torch.Tensor:
+        return zero_crops(self.crops)[0]
 
 
 class MultiCropView:
     """DINO's multi-crop (Caron et al. 2021, main_dino.py DataAugmentationDINO): 2 global crops and
-    ``local_crops`` local ones, each flipped and colour-jittered (p=0.8: brightness 0.4, contrast
-    0.4, saturation 0.2, hue 0.1), grey-scaled with p=0.2 and blurred (radius 0.1-2) with p=1.0 on
-    the first global crop, 0.1 on the second (which is also solarised with p=0.2) and 0.5 on the
-    local crops.  Returns a list of uint8 tensors: the global crops first."""
+    ``local_crops`` local ones, cut and resized; returns a list of uint8 tensors, the global crops
+    first.  DINO's flips, colour jitter, grey-scale, blur and solarisation follow on the batch
+    (``augment.Augment``)."""
 
     takes_undecoded = True
 
@@ -127,22 +273,20 @@ class MultiCropView:
         local_crops: int = 8,  # DINO's default; 10 for its best ViT-S/16
         global_scale: Sequence[float] = (0.4, 1.0),
         local_scale: Sequence[float] = (0.05, 0.4),
-        hflip: bool = True,
+        *,
+        decode: str = "cpu",  # "device": JPEGs are left encoded (Encoded) for decode_on_device
     ) -> None:
         self.crops = [RandomCrop(global_size, global_scale)] * 2 + [RandomCrop(local_size, local_scale)] * local_crops
-        flip_and_jitter = [
-            v2.RandomHorizontalFlip(0.5 if hflip else 0.0),
-            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-        ]
-        first = v2.Compose([*flip_and_jitter, RandomGaussianBlur(1.0)])
-        second = v2.Compose([*flip_and_jitter, RandomGaussianBlur(0.1), v2.RandomSolarize(threshold=128, p=0.2)])
-        local = v2.Compose([*flip_and_jitter, RandomGaussianBlur(0.5)])
-        self.photometric: list[Callable] = [first, second] + [local] * local_crops
+        self.decode = decode
 
-    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
-        crops = decode_crops(img, self.crops)  # the photometric steps are faster in PIL than on tensors
-        return [F.pil_to_tensor(t(F.to_pil_image(c))) for t, c in zip(self.photometric, crops)]
+    def __call__(self, src: Source) -> Union[list[torch.Tensor], Encoded]:
+        return decode_crops(src, self.crops, self.decode)
+
+    def check(self, src: bytes) -> None:
+        check_decodes(src, self.decode)
+
+    def placeholder(self) -> list[torch.Tensor]:
+        return zero_crops(self.crops)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

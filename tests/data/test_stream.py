@@ -1,9 +1,12 @@
 """The shard streams: exact-once evaluation, equal training epochs per rank, skipping and counting
-what cannot be read, never unpickling, and determinism for a seed."""
+what cannot be read, never unpickling, determinism for a seed, the tar reader against Python's tarfile,
+each batch's place in the epoch, and the augmentation in the workers."""
 
+import gzip
 import io
 import os
 import pickle
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -13,9 +16,19 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from sslvit.data.augment import Augment, augment_seed, quantize
 from sslvit.data.shards import write_shards
-from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch, decode
-from sslvit.data.views import MAEView
+from sslvit.data.stream import (
+    EvalStream,
+    Skips,
+    StreamLoader,
+    TrainStream,
+    batches_per_epoch,
+    decode,
+    read_shards,
+    tar_members,
+)
+from sslvit.data.views import MAEView, MultiCropView
 from sslvit.errors import ConfigError
 from tests.helpers import make_shards
 
@@ -174,3 +187,96 @@ def test_decode_gives_rgb_and_label(tiny_shards):
     sample = next(iter(wds.DataPipeline(wds.SimpleShardList(tiny_shards["train"][:1]), wds.tarfile_to_samples())))
     img, label = decode(sample)
     assert img.mode == "RGB" and img.size == (32, 32) and 0 <= label < 4
+
+
+def tar_of(members: list[tuple], compression: str = "", fmt=tarfile.PAX_FORMAT) -> bytes:
+    """A tar written by Python's tarfile: (name, bytes) files, (name, None) directories, (name, '->target') links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data[2:]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+MEMBERS = [
+    ("a/", None),
+    ("a/0001.jpg", b"\xff\xd8" + bytes(range(256)) * 3),
+    ("a/0001.cls", b"3"),
+    ("a/0002.png", b""),  # an empty member
+    ("link.jpg", "->a/0001.jpg"),
+    ("b" * 120 + "/0003.jpg", b"long name"),  # beyond ustar's 100 bytes: pax path / GNU long name / ustar prefix
+    ("dir/" + "c" * 99, b"x" * 512),  # a size that is a whole number of blocks
+    ("ünïcode/0004.txt", b"names in UTF-8"),
+    ("__meta__", b"webdataset skips it"),
+]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_tar_reader_reads_what_tarfile_reads(fmt, compression):
+    members = [m for m in MEMBERS if not (fmt == tarfile.USTAR_FORMAT and m[0].startswith("ü"))]  # ustar: ASCII
+    data = tar_of(members, compression, fmt)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg() and not m.name.startswith("__")]
+    assert list(tar_members(io.BytesIO(data))) == expected
+    assert len(expected) == len([m for m in members if isinstance(m[1], bytes)]) - 1
+
+
+def test_tar_reader_raises_on_a_tar_that_breaks_off_or_is_not_one():
+    data = tar_of(MEMBERS)
+    between = tarfile.open(fileobj=io.BytesIO(data)).getmember("a/0001.cls").offset  # after the first file
+    reader = tar_members(io.BytesIO(data[:between]))
+    assert next(reader)[0] == "a/0001.jpg"
+    with pytest.raises(EOFError, match="between two members"):
+        next(reader)
+    for cut in (100, 512 + 200, len(data) // 2, between):
+        with pytest.raises(EOFError, match="breaks off"):
+            list(tar_members(io.BytesIO(data[:cut])))
+    with pytest.raises(ValueError, match="checksum"):
+        list(tar_members(io.BytesIO(b"this is not a tar file at all".ljust(1024, b"!"))))
+    with pytest.raises(EOFError, match="empty file"):
+        list(tar_members(io.BytesIO(b"")))
+    assert list(tar_members(io.BytesIO(tar_of([])))) == []
+
+
+def test_compressed_shards_stream_as_plain_ones(tmp_path):
+    urls = make_shards(tmp_path, "z", 12, per_shard=12)
+    Path(urls[0] + ".gz").write_bytes(gzip.compress(Path(urls[0]).read_bytes()))
+    plain, packed = (list(read_shards([u], Skips())) for u in (urls[0], urls[0] + ".gz"))
+    assert len(plain) == 12 and [s["__key__"] for s in plain] == [s["__key__"] for s in packed]
+    assert all(a["png"] == b["png"] and a["cls"] == b["cls"] for a, b in zip(plain, packed))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_batches_carry_their_place_in_the_epoch_whatever_the_workers(tmp_path, workers):
+    """[rank, epoch, b], b the loader's batch number in the epoch: what the augmentation is seeded by,
+    the same with any number of workers and for a resumed epoch."""
+    urls = make_shards(tmp_path, "q", 96, per_shard=8)
+    for done in (0, 4):
+        stream = TrainStream(urls, MAEView(16), 4, 10, rank=1, world_size=2, shuffle_buffer=16)
+        positions = [b["position"] for b in StreamLoader(stream, num_workers=workers, position_of=lambda: (3, done))]
+        assert positions == [[1, 3, b] for b in range(done, 10)]
+
+
+def test_augmentation_in_the_workers_is_the_devices_rounded(tmp_path):
+    """augment_on: workers runs the same function with the same seed in the loader worker, and ships uint8."""
+    urls = make_shards(tmp_path, "w", 48, per_shard=8)
+    view, augment = MultiCropView(16, 8, local_crops=2), Augment("multicrop")
+
+    def run(augment_in_workers):
+        stream = TrainStream(urls, view, 4, 6, seed=2, shuffle_buffer=16, augment=augment if augment_in_workers else None)
+        return list(StreamLoader(stream, num_workers=2, position_of=lambda: (1, 0)))
+
+    for plain, worked in zip(run(False), run(True)):
+        assert plain["position"] == worked["position"] and all(x.dtype == torch.uint8 for x in worked["image"])
+        on_device = quantize(augment(plain["image"], augment_seed(2, *plain["position"])))
+        assert all(torch.equal(a, b) for a, b in zip(on_device, worked["image"]))
