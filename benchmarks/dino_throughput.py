@@ -17,11 +17,12 @@ process's resident high-water mark.  Prints one JSON line and a Markdown row for
 import argparse
 import json
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
 
-from sslvit.models.encoder import EncoderConfig
+from sslvit.models.encoder import EncoderConfig, compile_blocks_
 from sslvit.objectives import DINO, DINOv2
 from sslvit.objectives.optim import param_groups
 
@@ -41,6 +42,8 @@ def bench(args, device: torch.device) -> dict:
     else:
         model = DINO(encoder=encoder, out_dim=args.out_dim, freeze_last_layer_epochs=0)  # the last layer trains too
     model = model.to(device)
+    if args.compile:
+        compile_blocks_(model, backend=args.compile_backend)  # as model.compile: true does (warm-up steps compile)
     opt = torch.optim.AdamW(model.param_groups() or param_groups(model, 0.04, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, fused=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
@@ -62,6 +65,7 @@ def bench(args, device: torch.device) -> dict:
         "out_dim": args.out_dim,
         "batch": args.batch,
         "precision": args.precision,
+        "compiled": args.compile,
         "images_per_s": round(ips, 2),
         "gflops_per_image": round(flops / args.batch / 1e9, 2),
         "achieved_tflops": round(ips * flops / args.batch / 1e12, 4),
@@ -83,15 +87,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each Transformer block (model.compile: true)")
+    ap.add_argument("--compile-backend", default="inductor", help="eager: graph capture only (a dry run's check)")
+    ap.add_argument("--json", type=Path, help="also write the run (machine, peak, row) here as one JSON object")
     args = ap.parse_args()
     for key, value in DEFAULTS[args.objective].items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     device = torch.device(args.device)
     peak = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
-    print(json.dumps({"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
+    run = {"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}
+    print(json.dumps(run))
     r = bench(args, device)
     r["mfu_of_measured_peak"] = round(r["achieved_tflops"] * 1e12 / peak, 3)
     print(json.dumps(r), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({**run, "rows": [r]}, indent=1))
     print("\n| model | crops | K | batch | precision | images/s | GFLOP/image (step) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| ViT-{r['size'][0].upper()}/{args.patch} {'DINOv2' if args.objective == 'dinov2' else 'DINO'} | {r['crops']} | {r['out_dim']} | {r['batch']} | {r['precision']} "

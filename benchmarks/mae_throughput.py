@@ -3,6 +3,7 @@
     python benchmarks/mae_throughput.py --sizes small --batch 32                # fp32 on the CPU
     python benchmarks/mae_throughput.py --sizes small --batch 32 --decoder-depth 1   # lightly's default decoder
     python benchmarks/mae_throughput.py --device cuda --precision bf16 --batch 256 --sizes small base
+    python benchmarks/mae_throughput.py --device cuda --precision bf16 --batch 256 --sizes base --compile --json mae.json
 
 Times full optimiser steps (forward, backward, AdamW) of sslvit's MAE (paper decoder
 8 x 512 x 16, mask 0.75) on synthetic 224 px images, so the figure is the model's, not the
@@ -16,22 +17,27 @@ Markdown row for docs/benchmarks.md.
 import argparse
 import json
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
 
-from sslvit.models.encoder import EncoderConfig
+from sslvit.models.encoder import EncoderConfig, compile_blocks_
 from sslvit.objectives.mae import MAE
 from sslvit.objectives.optim import param_groups
 
 
-def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int) -> dict:
+def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int,
+          compile: bool = False, img_size: int = 224, backend: str = "inductor") -> dict:
     torch.manual_seed(0)
-    model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=224, pos_embed="sincos"), decoder_depth=decoder_depth)
+    model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=img_size, pos_embed="sincos"),
+                decoder_depth=decoder_depth)
     model = model.to(device)
+    if compile:
+        compile_blocks_(model, backend=backend)  # as model.compile: true does (the warm-up steps compile)
     opt = torch.optim.AdamW(param_groups(model, 0.05, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, betas=(0.9, 0.95))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    imgs = torch.randn(batch, 3, 224, 224, device=device)
+    imgs = torch.randn(batch, 3, img_size, img_size, device=device)
 
     def step() -> None:
         with autocast:
@@ -48,6 +54,7 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, 
         "batch": batch,
         "decoder": f"{decoder_depth}x512",
         "precision": precision,
+        "compiled": compile,
         "images_per_s": round(ips, 2),
         "gflops_per_image": round(flops_per_image / 1e9, 2),
         "achieved_tflops": round(ips * flops_per_image / 1e12, 4),
@@ -64,17 +71,25 @@ def main() -> None:
     ap.add_argument("--decoder-depth", type=int, default=8, help="MAE paper default 8 (x 512 wide)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each Transformer block (model.compile: true)")
+    ap.add_argument("--compile-backend", default="inductor", help="eager: graph capture only (a dry run's check)")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--json", type=Path, help="also write the run (machine, peak, rows) here as one JSON object")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak(device, dtype)
-    print(json.dumps({"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}))
+    run = {"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}
+    print(json.dumps(run))
     rows = []
     for size in args.sizes:
-        r = bench(size, args.batch, args.steps, args.warmup, device, args.precision, args.decoder_depth)
+        r = bench(size, args.batch, args.steps, args.warmup, device, args.precision, args.decoder_depth,
+                  args.compile, args.img_size, args.compile_backend)
         r["mfu_of_measured_peak"] = round(r["achieved_tflops"] * 1e12 / peak, 3)
         print(json.dumps(r), flush=True)
         rows.append(r)
+    if args.json:
+        args.json.write_text(json.dumps({**run, "rows": rows}, indent=1))
     print("\n| model | decoder | batch | precision | images/s | GFLOP/image (fwd+bwd) | achieved TFLOP/s | of measured matmul peak | peak memory MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -127,6 +128,8 @@ def one_line(err: BaseException) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # TF32 for fp32 matmuls on GPUs that have it (Ampere on), as Lightning advises; bf16-mixed recipes use bf16
+    torch.set_float32_matmul_precision("high")
     if argv and argv[0] in ("-h", "--help"):
         FitCLI(LightningModule, ShardDataModule, subclass_mode_model=True, run=False, args=argv)
         return 0

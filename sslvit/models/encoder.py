@@ -264,17 +264,17 @@ class Encoder(nn.Module):
         return vit.norm(x)
 
 
-def compile_blocks_(module: nn.Module) -> int:
+def compile_blocks_(module: nn.Module, **options) -> int:
     """``torch.compile`` every timm Transformer block in ``module``, in place (``nn.Module.compile``: the
     state dict keeps its names), and return how many.  Compiling block by block ("regional compilation")
     compiles one block's graph once for all of them, works under FSDP's per-block sharding, and meets a
     second input size (DINO's local crops) with one more compilation, dynamic in the token count, not a
-    recompilation every step."""
+    recompilation every step.  ``options`` go to ``torch.compile`` (``backend="eager"``: capture only)."""
     from timm.models.vision_transformer import Block
 
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     for block in blocks:
-        block.compile()
+        block.compile(**options)
     return len(blocks)
 
 

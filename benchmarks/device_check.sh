@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The device check (benchmarks/device_check.py): every GPU-only figure of sslvit in one run, under 8 minutes
+# on an H200, so that a second try fits in a 15-minute lease.
+#
+#   benchmarks/device_check.sh OUT_DIR            # on the GPU machine (the device tool: see below)
+#   benchmarks/device_check.sh OUT_DIR --dry-run  # tiny models on a CPU, a few minutes: the script works
+#
+# The lent GPU machine has torch, lightning, timm and torchmetrics but not webdataset, braceexpand, faiss or
+# jsonargparse: their wheels travel in .whl/ (ignored by git), made here once with
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl webdataset braceexpand faiss-cpu jsonargparse docstring-parser typeshed-client
+# and the device tool's run is: carry [".whl"], command
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   && benchmarks/device_check.sh $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:?usage: benchmarks/device_check.sh OUT_DIR [--dry-run]}"
+shift
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if [[ " $* " == *" --dry-run "* ]]; then
+  exec python3 benchmarks/device_check.py --out "$out" "$@"
+fi
+exec timeout 470 python3 benchmarks/device_check.py --out "$out" "$@"  # 7 min 50 s: a second try fits in the lease
