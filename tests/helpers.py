@@ -1,6 +1,6 @@
 """What many tests build: a tiny encoder, tiny shards of learnable images, a tiny fit, a tool's entry point."""
 
-import importlib.util
+import importlib
 import io
 from pathlib import Path
 from types import ModuleType
@@ -60,12 +60,9 @@ def tiny_fit(model: LightningModule, shards: Sequence[str], root: Path, steps: i
     return trainer
 
 
-def load_tool(name: str) -> ModuleType:
-    """``tools/NAME.py`` as a module, so that its ``main`` runs in this process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def command(name: str) -> ModuleType:
+    """``sslvit NAME``'s module (``sslvit.cli.NAME``), so that its ``main`` runs in this process (no interpreter start-up)."""
+    return importlib.import_module(f"sslvit.cli.{name}")
 
 
 def exit_status(tool: Union[ModuleType, Callable], argv: list[str]) -> int:

@@ -14,7 +14,7 @@ from torch.testing import assert_close
 from sslvit.checkpoint import load_backbone
 from sslvit.export import export_backbone
 from sslvit.objectives import DINO, MAE, Supervised
-from tests.helpers import load_tool, tiny_encoder, tiny_fit
+from tests.helpers import command, tiny_encoder, tiny_fit
 
 ROOT = Path(__file__).parent.parent
 MODELS = {
@@ -49,7 +49,7 @@ def checkpoints(tiny_shards, tmp_path_factory) -> dict:
 def test_export_loads_in_plain_timm_with_identical_features(name, checkpoints, tmp_path):
     ckpt, model = checkpoints[name]
     folder = export_backbone(ckpt, tmp_path / "export")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = model.eval_encoder().vit.forward_features(x)  # DINO: the teacher
@@ -113,7 +113,7 @@ def test_relative_position_export_resizes_without_changing_a_weight(checkpoints,
 
 
 def tool_main():
-    return load_tool("export_backbone").main
+    return command("export").main
 
 
 def test_command_line(checkpoints, tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_command_line(checkpoints, tmp_path, capsys):
                           ([str(tmp_path), str(tmp_path / "z")], "config.json")]:
         assert main(args) == 2
         lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("export_backbone: error:") and culprit in lines[0], lines
+        assert len(lines) == 1 and lines[0].startswith("sslvit export: error:") and culprit in lines[0], lines
 
 
 @pytest.mark.parametrize("name", ["supervised", "supervised_rel",
@@ -142,4 +142,4 @@ def test_onnx_export_matches_torch(name, checkpoints, tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"{tmp_path / 'out' / 'model.onnx'}: max |onnxruntime - torch| = "), first
     assert float(first.rsplit("= ", 1)[1]) <= 1e-4
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.onnx", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.onnx", "model.safetensors"]

@@ -1,4 +1,4 @@
-"""``python -m sslvit.fit``: a real fit on tiny shards, bad recipes, and resume."""
+"""``sslvit fit`` (``python -m sslvit.fit``): a real fit on tiny shards, bad recipes, and resume."""
 
 import csv
 import subprocess
@@ -10,7 +10,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from sslvit.fit import main
+from sslvit.cli.fit import main
 
 RECIPE = {
     "seed_everything": 0,
@@ -67,7 +67,8 @@ def test_fit_writes_run_directory_and_loss_falls(recipe, tmp_path):
     assert (run / "config.yaml").is_file()
     summary = yaml.safe_load((run / "summary.json").read_text())
     assert summary["global_step"] == 30 and "train/loss" in summary
-    assert sorted(p.name for p in (run / "figures").glob("*.png"))[:1] == ["mae_reconstruction_step0000000.png"]
+    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert figures[:2] == ["curves.png", "mae_reconstruction_step0000000.png"], figures
     trace = losses(run)
     assert len(trace) == 30
     first, last = sum(trace[:5]) / 5, sum(trace[-5:]) / 5
@@ -182,7 +183,7 @@ def test_past_the_limit_non_finite_steps_stop_in_one_line_and_keep_the_last_good
     assert rc == 1
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]  # (library warnings may come before it)
-    assert line.startswith("sslvit.fit: stopped: non-finite loss nan at step 5 (epoch 1): 3 steps skipped, "
+    assert line.startswith("sslvit fit: stopped: non-finite loss nan at step 5 (epoch 1): 3 steps skipped, "
                            "more than the limit of 2"), line
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert str(last) in line
