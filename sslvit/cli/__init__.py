@@ -55,13 +55,16 @@ def run(prog: str, work: Callable[[], object]) -> int:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    """The backbone, the labelled splits and the feature cache: what ``sslvit.eval.splits.load_splits`` reads."""
+    """The backbone, the labelled splits and the feature cache: what ``sslvit.eval.splits.load_splits`` reads;
+    ``check_eval_arguments`` checks them once parsed."""
     from sslvit.files import features_cache_dir
 
     p.add_argument("--backbone", required=True, metavar="PATH", help="a checkpoint written by sslvit.fit, or an export folder")
-    p.add_argument("--train", required=True, nargs="+", metavar="SHARDS",
+    p.add_argument("--train", nargs="+", metavar="SHARDS",
                    help="labelled shards of the bank / training split (files, brace patterns, URLs, digits:train)")
-    p.add_argument("--val", required=True, nargs="+", metavar="SHARDS", help="labelled shards of the evaluation split")
+    p.add_argument("--val", nargs="+", metavar="SHARDS", help="labelled shards of the evaluation split")
+    p.add_argument("--data", metavar="DIR", help="instead of --train/--val: a folder of images in class folders, split "
+                                                 "as `sslvit fit --data DIR` splits it (the same shards, from the cache)")
     p.add_argument("--extract-batch-size", type=at_least(int, 1), default=256, metavar="N",
                    help="images per batch of feature extraction (default: %(default)s)")
     p.add_argument("--workers", type=at_least(int, 0), default=min(8, os.cpu_count() or 1), metavar="N",
@@ -70,3 +73,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"where extracted features are kept for the next run (default: {features_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="extract the features again and keep nothing")
     p.add_argument("--json", action="store_true", help="end the output with one line of JSON holding the results")
+
+
+def check_eval_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.data and (args.train or args.val):
+        p.error("give --data DIR or --train/--val, not both")
+    if not args.data and not (args.train and args.val):
+        p.error("give --train SHARDS and --val SHARDS (labelled), or --data DIR (a folder of images in class folders)")

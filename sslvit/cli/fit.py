@@ -171,6 +171,9 @@ def logger_config(name: str, run_dir: Optional[str], recipes: list[str]) -> dict
     if name == "wandb":
         args = {"save_dir": folder, "project": "sslvit", "name": os.path.basename(os.path.normpath(folder))}
     else:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"file:{os.path.abspath(os.path.join(folder, 'mlruns'))}"
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # MLflow's local-file store in the run folder (MLflow 3 asks to opt in to it)
+            uri = f"file:{os.path.abspath(os.path.join(folder, 'mlruns'))}"
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         args = {"experiment_name": "sslvit", "tracking_uri": uri, "run_name": os.path.basename(os.path.normpath(folder))}
     return {"class_path": LOGGERS[name], "init_args": args}

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 
-from sslvit.cli import OneLineParser, add_eval_arguments, at_least, run
+from sslvit.cli import OneLineParser, add_eval_arguments, at_least, check_eval_arguments, run
 from sslvit.errors import ConfigError
 
 PROG = "sslvit knn"
@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    check_eval_arguments(parser(), args)
     return run(PROG, lambda: evaluate(args))
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import time
 
-from sslvit.cli import OneLineParser, add_eval_arguments, at_least, run
+from sslvit.cli import OneLineParser, add_eval_arguments, at_least, check_eval_arguments, run
 from sslvit.files import ready_dir
 
 PROG = "sslvit probe"
@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    check_eval_arguments(parser(), args)
     if args.epochs == 0 and not args.few_shot:
         parser().error("--epochs 0 trains no probe: give --few-shot N ... or epochs")
     return run(PROG, lambda: evaluate(args))

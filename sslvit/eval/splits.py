@@ -48,6 +48,13 @@ def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
     cache: Optional[FeatureCache] = None
     if not args.no_cache:  # a bad --cache-dir is told before minutes of extraction, not after
         cache = FeatureCache(ready_dir(args.cache_dir or default_cache_dir(), "--cache-dir"))
+    if getattr(args, "data", None):  # a folder of images: the split sslvit fit --data made of it, from the cache
+        from sslvit.data.folder import folder_shards
+
+        shards = folder_shards(args.data)
+        if not shards.val:
+            raise ConfigError(f"--data {args.data!r}: no labelled held-out images (the folder has no class folders)")
+        args.train, args.val = shards.train, shards.val
     urls = {"train": expand_urls(args.train, "--train"), "val": expand_urls(args.val, "--val")}  # before the backbone loads
     vit = load_backbone(args.backbone).to(device())
     spec.check(vit)
