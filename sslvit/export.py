@@ -102,7 +102,9 @@ def model_card(vit: nn.Module, source: Path, out: Path, hub_id: Optional[str] = 
         ("training", f"{summary['global_step']:,} optimiser steps" + (f" (at most {trainer['max_epochs']} epochs)"
                      if trainer.get("max_epochs") else "") if "global_step" in summary else "unknown"),
     ]
-    rows += [(label, f"{summary[key]:.4f}") for key, label in FIGURES.items() if isinstance(summary.get(key), (int, float))]
+    rows += [(label + (f" ({summary['probe_protocol']} protocol, sslvit probe)" if key == "probe_top1" and
+                       summary.get("probe_protocol") else ""), f"{summary[key]:.4f}")
+             for key, label in FIGURES.items() if isinstance(summary.get(key), (int, float))]
     location = f"hf-hub:{hub_id}" if hub_id else f"local-dir:{out}"
     tags = ["image-feature-extraction", "timm", "vision-transformer", "sslvit", *([objective.lower()] if objective else [])]
     return "\n".join([
@@ -134,6 +136,23 @@ def model_card(vit: nn.Module, source: Path, out: Path, hub_id: Optional[str] = 
         "`model.forward_features(x)` every token.",
         "",
     ])
+
+
+def record_figures(backbone: Union[str, Path], **values) -> Optional[Path]:
+    """Add evaluation figures (``probe_top1``, ...) to the summary.json of the run ``backbone`` came from (a
+    checkpoint in ``<run>/checkpoints`` or ``<run>/export``), and rewrite that run's model card, if it has an
+    export; returns the run folder, or None for a backbone from elsewhere."""
+    from sslvit.summary import update_summary
+
+    run = run_of(Path(backbone))
+    if run is None:
+        return None
+    update_summary(run, **values)
+    export = run / "export"
+    if (export / "config.json").is_file():
+        with atomic_write(export / CARD, "w") as f:
+            f.write(model_card(load_backbone(export), export, export))
+    return run
 
 
 def push_to_hub(folder: Union[str, Path], repo_id: str, private: bool = False) -> str:

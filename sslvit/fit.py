@@ -136,8 +136,8 @@ class FitCLI(LightningCLI):
             callbacks.append(LearningRateMonitor(logging_interval="step", log_weight_decay=True))  # every param group
         callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"]),
                       TrainingCurves()]
-        if not sys.stdout.isatty() and trainer_cfg.get("enable_progress_bar") is not False:
-            kwargs["enable_progress_bar"] = False  # a bar redrawn with \r is noise in a log file
+        if not sys.stdout.isatty():  # a log file (SLURM, nohup): plain lines, not a bar redrawn with \r
+            kwargs["enable_progress_bar"] = False
             callbacks.append(PlainProgress(cfg["progress_every_n_steps"]))
         kwargs["callbacks"] = callbacks
         plugins = trainer_cfg.get("plugins") or []
@@ -181,7 +181,6 @@ def check_machine(trainer_cfg: dict) -> None:
 def cluster_environment() -> bool:
     """Whether a multi-node launcher started this process (the environments Lightning itself detects)."""
     from lightning.fabric.plugins.environments import (
-        KubeflowEnvironment,
         LSFEnvironment,
         MPIEnvironment,
         SLURMEnvironment,
@@ -190,8 +189,9 @@ def cluster_environment() -> bool:
 
     if "NODE_RANK" in os.environ and "MASTER_ADDR" in os.environ:  # Lightning's own manual multi-node set-up
         return True
-    return any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, KubeflowEnvironment, LSFEnvironment,
-                                        MPIEnvironment))
+    if "KUBERNETES_PORT" in os.environ and "WORLD_SIZE" in os.environ:  # Kubeflow's PyTorchJob (not auto-detected)
+        return True
+    return any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment))
 
 
 def trainer_error(err: BaseException, trainer_cfg: dict) -> str:

@@ -11,44 +11,13 @@ import yaml
 from lightning.pytorch import Callback
 
 from sslvit.cli.fit import main
-
-RECIPE = {
-    "seed_everything": 0,
-    "trainer": {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": 30,
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    },
-    "model": {
-        "class_path": "sslvit.objectives.MAE",
-        "init_args": {
-            "encoder": {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2,
-                        "num_heads": 2, "pos_embed": "sincos"},
-            "decoder_dim": 32,
-            "decoder_depth": 1,
-            "decoder_heads": 2,
-            "base_lr": 5e-2,
-            "warmup_epochs": 1,
-            "recon_every_n_steps": 10,
-        },
-    },
-    "data": {"img_size": 32, "batch_size": 16, "num_workers": 0, "epoch_samples": 64, "shuffle_buffer": 32},
-}
+from tests.helpers import write_recipe
 
 
 @pytest.fixture
 def recipe(tmp_path, tiny_shards):
     def write(**data_overrides) -> Path:
-        r = yaml.safe_load(yaml.safe_dump(RECIPE))
-        r["trainer"]["default_root_dir"] = str(tmp_path / "run")
-        r["data"]["train_shards"] = tiny_shards["train"]
-        r["data"].update(data_overrides)
-        path = tmp_path / "recipe.yaml"
-        path.write_text(yaml.safe_dump(r))
-        return path
+        return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", tiny_shards["train"], **data_overrides)
 
     return write
 

@@ -100,6 +100,12 @@ def evaluate(args: argparse.Namespace) -> str:
             result["confusion_matrix"] = str(out / "confusion_matrix.png")
         (out / "results.json").write_text(json.dumps(result, indent=1))
         lines.append(f"wrote {out / 'results.json'}" + (" and confusion_matrix.png" if preds is not None else ""))
+    if args.epochs and result.get("top1") is not None:
+        from sslvit.export import record_figures
+
+        run = record_figures(args.backbone, probe_top1=result["top1"], probe_protocol=args.protocol)
+        if run is not None:
+            lines.append(f"recorded probe_top1 in {run / 'summary.json'}" + (" and the model card" * (run / "export").is_dir()))
     if args.json:
         lines.append(json.dumps(result))
     return "\n".join(lines)
