@@ -194,10 +194,16 @@ def plan(data: str, method: str = "mae", model: Optional[str] = None, epochs: Op
     recipe_epochs = int(t_args.get("max_epochs") or 100)
     run_epochs = epochs or recipe_epochs
     model_over = {"encoder": enc}
+    import inspect
+
+    import sslvit.objectives
+
+    signature = inspect.signature(getattr(sslvit.objectives, entry.objective)).parameters
     for key, value in m_args.items():
         if key.endswith("_epochs") and isinstance(value, (int, float)) and run_epochs != recipe_epochs:
             scaled = value * run_epochs / recipe_epochs
-            model_over[key] = max(1, round(scaled)) if isinstance(value, int) and value else scaled
+            whole = key in signature and signature[key].annotation is int
+            model_over[key] = (max(1, round(scaled)) if value else 0) if whole else scaled
     if model_over.get("freeze_last_layer_epochs") is not None:
         model_over["freeze_last_layer_epochs"] = min(model_over["freeze_last_layer_epochs"], m_args["freeze_last_layer_epochs"])
     if "accumulate_grad_batches" in m_args:

@@ -20,6 +20,7 @@ A run folder that holds a checkpoint is not trained into from scratch: --resume 
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 from sslvit.cli import OneLineParser
@@ -146,6 +147,11 @@ def _fit(args: argparse.Namespace, overrides: list[str]) -> int:
     run = train(recipes, [*overrides_from(front), *flags, *overrides])
     if not rank_zero():
         return 0 if run.finished else 1
+    if plan is not None:
+        from sslvit.summary import update_summary
+
+        update_summary(run.run_dir, data=str(Path(args.data).expanduser().resolve()), **{
+            f"{split}_images": plan.data[split] for split in ("train", "val") if split in plan.data})
     print(f"summary {run.run_dir / 'summary.json'}: {json.dumps(read_summary(run.run_dir), sort_keys=True)}")
     if plan is not None and run.finished and not args.no_export:
         from sslvit.export import export_backbone
