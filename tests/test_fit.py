@@ -16,8 +16,8 @@ from tests.helpers import write_recipe
 
 @pytest.fixture
 def recipe(tmp_path, tiny_shards):
-    def write(**data_overrides) -> Path:
-        return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", tiny_shards["train"], **data_overrides)
+    def write(train_shards=tiny_shards["train"], **data_overrides) -> Path:
+        return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", train_shards, **data_overrides)
 
     return write
 
