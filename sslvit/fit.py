@@ -277,7 +277,7 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
             save_config_callback=SaveRecipe,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "prog": "sslvit fit RECIPE"},
             run=False,
             args=[*configs, *overrides],
         )
@@ -311,7 +311,7 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
 def recipe_name(recipe: Union[str, Path]) -> str:
     """A shipped recipe by its name, any other by its path."""
     path = find_recipe(recipe)
-    return path.stem if path.parent == RECIPES else str(path)
+    return path.stem if path.resolve().parent == RECIPES else str(path)
 
 
 def overrides_from(values: dict, prefix: str = "") -> list[str]:

@@ -213,17 +213,23 @@ def test_python_api_fit_load_and_export(tiny, tmp_path):
         "global_step"] == 4
 
 
-def test_an_objective_trains_under_a_plain_trainer_with_a_dataloader_of_dicts():
+@pytest.mark.parametrize("objective", ["MAE", "DINO"])
+def test_an_objective_trains_under_a_plain_trainer_with_a_dataloader_of_dicts(objective):
     """No ShardDataModule: the lr follows the global batch read from the DataLoader."""
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
 
-    from sslvit.objectives import MAE
+    from sslvit.objectives import DINO, MAE
     from sslvit.objectives.optim import global_batch_size
 
-    images = [{"image": torch.randn(3, 32, 32)} for _ in range(24)]
-    model = MAE(encoder=tiny_encoder(), decoder_dim=32, decoder_depth=1, decoder_heads=2, base_lr=2.56e-2,
-                recon_every_n_steps=0)
+    if objective == "MAE":
+        model = MAE(encoder=tiny_encoder(), decoder_dim=32, decoder_depth=1, decoder_heads=2, base_lr=2.56e-2,
+                    recon_every_n_steps=0)
+        images = [{"image": torch.randn(3, 32, 32)} for _ in range(24)]
+    else:  # two global and two local crops per image, as a list: collated into a list of batches
+        model = DINO(encoder=tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16, base_lr=2.56e-2)
+        images = [{"image": [torch.randn(3, 32, 32), torch.randn(3, 32, 32), torch.randn(3, 16, 16),
+                             torch.randn(3, 16, 16)]} for _ in range(24)]
     trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
                       enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(model, train_dataloaders=DataLoader(images, batch_size=6))
