@@ -194,8 +194,8 @@ class PlainProgress(Callback):
             return
         self._printed = step
         elapsed = time.monotonic() - self._start
-        total = int(trainer.estimated_stepping_batches) if trainer.max_steps == -1 or trainer.max_epochs != -1 \
-            else trainer.max_steps
+        total = trainer.estimated_stepping_batches  # Lightning's own count: epochs x steps, at most max_steps
+        total = int(total) if total != float("inf") else max(trainer.max_steps, step)
         done = max(1, step - self._first_step)
         left = max(0, total - step) * elapsed / done
         budget = trainer.max_time.total_seconds() - elapsed if getattr(trainer, "max_time", None) else None
