@@ -29,6 +29,7 @@ from typing import Optional
 import yaml
 
 from sslvit.errors import ConfigError
+from sslvit.machine import machine
 from sslvit.recipes import FOLDER as RECIPES
 
 
@@ -84,19 +85,6 @@ def method_recipes(method: str) -> Method:
         raise ConfigError(f"--method {method}: this sslvit has no {entry.objective} objective yet "
                           f"(sslvit.objectives.{entry.objective}); use --method {' or '.join(m for m in METHODS if m != method)}")
     return entry
-
-
-def machine() -> dict:
-    """accelerator, devices, precision, GPU memory (GB) and name of this machine."""
-    import torch
-
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        props = torch.cuda.get_device_properties(0)
-        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        return dict(accelerator="gpu", devices=count, precision=precision, memory=props.total_memory / 2**30,
-                    name=f"{count} x {props.name}")
-    return dict(accelerator="cpu", devices=1, precision="32-true", memory=0.0, name=f"CPU ({os.cpu_count()} cores)")
 
 
 def typical_size(paths: list[Path], n: int = 64) -> int:

@@ -15,7 +15,7 @@ from sslvit.cli.fit import main as fit_main
 from sslvit.cli.main import COMMANDS
 from sslvit.cli.main import main as sslvit_main
 from sslvit.errors import ConfigError
-from sslvit.fit import check_machine, trainer_error
+from sslvit.machine import check_machine, trainer_error
 from tests.helpers import make_shards, tiny_encoder, write_recipe
 
 ROOT = Path(__file__).resolve().parent.parent

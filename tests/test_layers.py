@@ -15,6 +15,7 @@ MAY_IMPORT = {
     "losses": set(),
     "data": {"errors", "files"},  # the DataModule too: it knows no objective
     "recipes": {"errors"},
+    "machine": {"errors"},
     "figures": set(),
     "summary": {"files"},
     "checkpoint": {"errors", "files", "models"},
