@@ -105,7 +105,7 @@ def model_card(vit: nn.Module, source: Path, out: Path, hub_id: Optional[str] = 
     rows += [(label + (f" ({summary['probe_protocol']} protocol, sslvit probe)" if key == "probe_top1" and
                        summary.get("probe_protocol") else ""), f"{summary[key]:.4f}")
              for key, label in FIGURES.items() if isinstance(summary.get(key), (int, float))]
-    location = f"hf-hub:{hub_id}" if hub_id else f"local-dir:{out}"
+    location = f"hf-hub:{hub_id}" if hub_id else f"local-dir:{out.resolve()}"
     tags = ["image-feature-extraction", "timm", "vision-transformer", "sslvit", *([objective.lower()] if objective else [])]
     return "\n".join([
         "---",

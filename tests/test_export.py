@@ -158,10 +158,12 @@ def test_the_model_card_says_what_the_run_was_and_its_lines_load_the_export(tmp_
     for part in ("# run\n", "| objective | MAE (He et al. 2022", "the backbone is the encoder", f"| recipe | `{recipe}` |",
                  f"| data | `{tiny_shards['train'][0]}`", "| training | 2 optimiser steps", "2 blocks, 64 wide, 2 heads, patch 8"):
         assert part in card, part
-    code = card.split("```python\n")[1].split("```")[0]  # the card's own lines, run in a fresh interpreter
-    script = code + "import torch\nprint(tuple(model(torch.randn(1, 3, 32, 32)).shape))\n"
-    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert ran.returncode == 0 and ran.stdout.strip() == "(1, 64)", ran.stderr[-2000:]
+    code = card.split("```python\n")[1].split("```")[0]  # the card's own lines (plain timm), as a user runs them
+    namespace: dict = {}
+    exec(code, namespace)
+    with torch.no_grad():
+        assert namespace["model"](torch.randn(1, 3, 32, 32)).shape == (1, 64)
+    assert namespace["transform"] is not None
 
 
 def test_push_to_hub_hands_the_folder_to_huggingface_hub(checkpoints, tmp_path, monkeypatch, capsys):
