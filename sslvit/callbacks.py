@@ -181,3 +181,90 @@ class SkipNonFinite(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class PlainProgress(Callback):
+    """One plain line every ``every_n_steps`` optimiser steps, for logs that are files (SLURM, nohup), where
+    a progress bar redrawn with carriage returns is noise:
+
+        step 120/360 (33%)  epoch 3/30  train/loss 0.4123  41.2 images/s  elapsed 1m20s  ETA 2m40s
+
+    The ETA is for the whole run: the steps left at the mean pace of this run so far, or the time left of
+    ``trainer.max_time`` where that comes first.  Rank 0 prints; ``sslvit.fit`` adds it when stdout is not a
+    terminal."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import time
+
+        self._start, self._first_step = time.monotonic(), trainer.global_step
+        self._images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        self._images += batch_images(batch) if isinstance(batch, dict) and "image" in batch else 0
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == getattr(self, "_printed", None) or step % self.every_n_steps:
+            return
+        self._printed = step
+        elapsed = time.monotonic() - self._start
+        total = trainer.estimated_stepping_batches  # Lightning's own count: epochs x steps, at most max_steps
+        total = int(total) if total != float("inf") else max(trainer.max_steps, step)
+        done = max(1, step - self._first_step)
+        left = max(0, total - step) * elapsed / done
+        budget = trainer.max_time.total_seconds() - elapsed if getattr(trainer, "max_time", None) else None
+        eta = min(left, budget) if budget is not None else left
+        parts = [f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)"]
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            parts.append(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            parts.append(f"train/loss {float(loss):.4f}")
+        parts += [f"{self._images / max(elapsed, 1e-9):.1f} images/s", f"elapsed {_duration(elapsed)}",
+                  f"ETA {_duration(eta)}"]
+        print("  ".join(parts), flush=True)
+
+
+class TrainingCurves(Callback):
+    """``<run>/figures/curves.png``: the training loss, the learning rate and the k-NN top-1 (of any callback
+    that keeps a ``knn_history``, as ``sslvit.eval.monitor.KNNMonitor`` does) over optimiser steps, drawn at the
+    end of fit.  The loss and lr are read every ``trainer.log_every_n_steps`` steps on rank 0, and kept in
+    checkpoints, so that a resumed run draws the whole history."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[tuple[int, float]]] = {"train/loss": [], "lr": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        every = max(1, trainer.log_every_n_steps)
+        if not trainer.is_global_zero or (step % every and step != 1) or step == getattr(self, "_seen", None):
+            return
+        self._seen = step
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.history["train/loss"].append((step, float(loss)))
+        if trainer.optimizers:
+            self.history["lr"].append((step, float(trainer.optimizers[0].param_groups[0]["lr"])))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from sslvit.figures import save_curves
+
+        knn = sorted(p for cb in trainer.callbacks for p in getattr(cb, "knn_history", []))
+        if trainer.is_global_zero and (any(self.history.values()) or knn):
+            save_curves({**self.history, "knn_top1": knn}, Path(trainer.default_root_dir) / "figures" / "curves.png")
+
+    def state_dict(self) -> dict:
+        return {"history": {k: [list(p) for p in v] for k, v in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for key, points in state_dict.get("history", {}).items():
+            self.history[key] = [(int(s), float(v)) for s, v in points]

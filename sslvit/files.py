@@ -1,7 +1,8 @@
 """sslvit's folders and how its files are written.
 
 * ``cache_root()``: where sslvit keeps what it can make again (the embedded digits' shards, extracted
-  features): ``$SSLVIT_CACHE``, or ``~/.cache/sslvit``.
+  features, image folders written as shards): ``$SSLVIT_CACHE``, or ``~/.cache/sslvit``;
+  ``features_cache_dir()`` and ``folder_shards_dir()`` are its parts.
 * ``atomic_write(path)``: every file sslvit writes (checkpoints, ``summary.json``, manifests, the
   feature cache) goes to a temporary file beside its target and replaces it with ``os.replace``
   (atomic on POSIX within one file system), so a reader, or a run killed at any moment, sees the old
@@ -25,6 +26,16 @@ TMP_PREFIX = ".partial-"  # what a write cut short leaves behind; remove_partial
 
 def cache_root() -> Path:
     return Path(os.environ.get("SSLVIT_CACHE") or Path.home() / ".cache" / "sslvit").expanduser()
+
+
+def features_cache_dir() -> Path:
+    """The evaluation tools' feature cache (``sslvit.eval.cache``): ``cache_root()/features``."""
+    return cache_root() / "features"
+
+
+def folder_shards_dir() -> Path:
+    """Image folders written as shards for ``sslvit fit --data`` (``sslvit.data.folder``): ``cache_root()/folders``."""
+    return cache_root() / "folders"
 
 
 def _umask() -> int:

@@ -1,34 +1,49 @@
-"""``python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]``
+"""Training: a recipe -> model + data + Trainer, run.
 
-A recipe names the objective (``model.class_path``), the data and the Trainer; LightningCLI
-(jsonargparse) checks every key against the classes' signatures before any work starts.
-Everything a run makes stays in ``trainer.default_root_dir``:
+    sslvit fit RECIPE [--section.key=value ...] [--resume | --overwrite]       (the command: sslvit.cli.fit)
+    python -m sslvit.fit RECIPE ...                                              (the same command)
+    run = sslvit.fit("quickstart", trainer={"max_epochs": 5})                    (Python: this module is callable)
+
+A recipe (a shipped name or a YAML file) names the objective (``model.class_path``), the data and the
+Trainer; LightningCLI (jsonargparse) checks every key against the classes' signatures before any work
+starts.  Everything a run makes stays in ``trainer.default_root_dir``:
 
     config.yaml              the resolved recipe
     checkpoints/last.ckpt    plus periodic ``step=*.ckpt``
-    logs/                    CSV (and TensorBoard when installed)
-    figures/                 e.g. MAE reconstructions
+    logs/                    CSV and TensorBoard, beside any logger of the recipe's (W&B, MLflow, ...)
+    figures/                 curves.png (loss, lr, k-NN over steps), MAE reconstructions, attention maps
     summary.json             final metrics
+
+A run folder that holds a ``last.ckpt`` is never trained into from scratch by mistake: ``resume``
+continues from it, ``overwrite`` starts again (the old checkpoints, figures and summary go), and
+without either the fit stops in one line.
 """
 
 import json
 import sys
+import types
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sslvit.callbacks import ImagesPerSecond, SeedPerStep, SkipNonFinite, SkippedSamples
+from sslvit.callbacks import ImagesPerSecond, PlainProgress, SeedPerStep, SkipNonFinite, SkippedSamples, TrainingCurves
 from sslvit.checkpoint import AtomicCheckpointIO, read_checkpoint
 from sslvit.data.datamodule import ShardDataModule
+from sslvit.data.shards import train_urls_and_samples
 from sslvit.errors import ConfigError, TrainingStopped
 from sslvit.files import remove_partial_writes
+from sslvit.machine import check_machine, trainer_error
+from sslvit.recipes import FOLDER as RECIPES
+from sslvit.recipes import find as find_recipe
 from sslvit.summary import read_summary, update_summary
 
 # The stream passes over the batches a resumed epoch already trained on (TrainStream, train_position),
@@ -36,10 +51,26 @@ from sslvit.summary import read_summary, update_summary
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 # DINO steps its optimiser itself; its checkpoints hold the state after each step, as they should.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-# sys.argv holds the same arguments as ``args`` on purpose (main): Lightning's DDP launcher re-runs sys.argv.
+# The recipe and overrides reach LightningCLI as ``args``; sys.argv stays the command line, which Lightning's DDP
+# launcher runs again for the other local ranks (train).
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 
-USAGE = "usage: python -m sslvit.fit RECIPE.yaml [--section.key=value ...] [--ckpt_path=PATH]"
+LAST = Path("checkpoints") / "last.ckpt"
+# what --overwrite clears out of a run folder before the new run starts (logs/ keeps its versions)
+REPLACED = ("checkpoints", "figures", "export", "summary.json", "config.yaml")
+
+
+@dataclass
+class Run:
+    """What a fit leaves: its folder, the figures of ``summary.json``, and whether it ran to its end."""
+
+    run_dir: Path
+    summary: dict = field(default_factory=dict)
+    finished: bool = True
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / LAST
 
 
 class SaveRecipe(SaveConfigCallback):
@@ -55,8 +86,14 @@ class SaveRecipe(SaveConfigCallback):
 
 
 class FitCLI(LightningCLI):
+    resume_from: Optional[str] = None  # <run>/checkpoints/last.ckpt when resume=true found one
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="resume from this checkpoint")
+        parser.add_argument("--resume", type=bool, default=False,
+                            help="continue from <trainer.default_root_dir>/checkpoints/last.ckpt")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="start again in a run folder that holds a checkpoint (its checkpoints, figures and summary go)")
         parser.add_argument(
             "--checkpoint_every_n_steps", type=int, default=1000, help="periodic checkpoints (last.ckpt is kept too)"
         )
@@ -64,23 +101,27 @@ class FitCLI(LightningCLI):
             "--max_nonfinite_steps", type=int, default=20,
             help="optimiser steps with a non-finite loss are skipped; past this many the run stops",
         )
+        parser.add_argument("--progress_every_n_steps", type=int, default=50,
+                            help="when stdout is not a terminal (SLURM, nohup): a plain progress line every N steps")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Run-directory defaults: loggers and checkpoints under ``default_root_dir``, throughput."""
         cfg = self.config_init
-        run_dir = Path(cfg["trainer"].get("default_root_dir") or "runs/default")
+        trainer_cfg = cfg["trainer"]
+        run_dir = Path(trainer_cfg.get("default_root_dir") or "runs/default")
         kwargs["default_root_dir"] = str(run_dir)
-        if cfg["trainer"].get("logger") in (None, True):
-            csv = CSVLogger(run_dir, name="logs")  # logs/version_N/metrics.csv; a resumed run gets the next N
-            kwargs["logger"] = [csv]
-            try:
-                kwargs["logger"].append(TensorBoardLogger(run_dir, name="logs", version=csv.version))
-            except ModuleNotFoundError:
-                pass  # tensorboard is optional; CSV always works
-        for key, low in (("checkpoint_every_n_steps", 1), ("max_nonfinite_steps", 0)):
+        for key, low in (("checkpoint_every_n_steps", 1), ("max_nonfinite_steps", 0), ("progress_every_n_steps", 1)):
             if cfg[key] < low:
                 raise ConfigError(f"--{key}={cfg[key]} must be at least {low}")
-        callbacks = list(cfg["trainer"].get("callbacks") or [])
+        check_machine(trainer_cfg)
+        self.resume_from = claim_run_dir(run_dir, cfg["resume"], cfg["overwrite"], cfg["ckpt_path"])
+        check_train_data(self.datamodule)  # a wrong path stops here, before the run folder is made
+        logger = trainer_cfg.get("logger")
+        if logger is not False:  # CSV and TensorBoard always, beside the recipe's own loggers (W&B, MLflow, ...)
+            own = [] if logger in (None, True) else list(logger) if isinstance(logger, (list, tuple)) else [logger]
+            csv = CSVLogger(run_dir, name="logs")  # logs/version_N/metrics.csv; a resumed run gets the next N
+            kwargs["logger"] = [csv, TensorBoardLogger(run_dir, name="logs", version=csv.version), *own]
+        callbacks = list(trainer_cfg.get("callbacks") or [])
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(
                 ModelCheckpoint(
@@ -92,14 +133,56 @@ class FitCLI(LightningCLI):
                     enable_version_counter=False,  # last.ckpt is always the run's latest: what --ckpt_path names
                 )
             )
-        if kwargs.get("logger", cfg["trainer"].get("logger")) and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        if kwargs.get("logger", logger) and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step", log_weight_decay=True))  # every param group
-        callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"])]
+        callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"]),
+                      TrainingCurves()]
+        if not sys.stdout.isatty():  # a log file (SLURM, nohup): plain lines, not a bar redrawn with \r
+            kwargs["enable_progress_bar"] = False
+            callbacks.append(PlainProgress(cfg["progress_every_n_steps"]))
         kwargs["callbacks"] = callbacks
-        plugins = cfg["trainer"].get("plugins") or []
+        plugins = trainer_cfg.get("plugins") or []
         kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         remove_partial_writes(run_dir / "checkpoints")  # what a kill during a save left (never last.ckpt itself)
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except ConfigError:
+            raise
+        except (MisconfigurationException, ValueError, ImportError) as err:  # Lightning's checks of the Trainer's arguments
+            raise ConfigError(trainer_error(err, trainer_cfg)) from err
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, ckpt_path: Optional[str]) -> Optional[str]:
+    """The checkpoint ``resume`` continues from; refuses to start from scratch over another run's ``last.ckpt``
+    (unless ``overwrite``, which clears that run's checkpoints, figures and summary first, on rank 0 only)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    last = run_dir / LAST
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: give one (continue the run, or start it again)")
+    if resume and ckpt_path:
+        raise ConfigError(f"--resume and --ckpt_path={ckpt_path}: give one (--resume continues from {last})")
+    if resume:
+        if not last.is_file():
+            raise ConfigError(f"--resume: {last} does not exist, so there is no run to continue in {run_dir}")
+        return str(last)
+    if last.is_file() and not ckpt_path:
+        if not overwrite:
+            raise ConfigError(f"{run_dir} holds a run ({last}): --resume to continue it, --overwrite to start it again, "
+                              "or another --trainer.default_root_dir (sslvit fit --out)")
+        if rank_zero_only.rank == 0:
+            import shutil
+
+            for name in REPLACED:
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return None
+
+
+def check_train_data(datamodule) -> None:
+    """Shards that are not there, or not counted, said before the Trainer makes the run folder."""
+    if isinstance(datamodule, ShardDataModule) and datamodule.hparams.train_shards is not None:
+        train_urls_and_samples(datamodule.hparams.train_shards, datamodule.hparams.epoch_samples)
 
 
 def _chain(err: BaseException):
@@ -126,21 +209,17 @@ def one_line(err: BaseException) -> str:
     return f"{keys[-1]}: {reason}" if keys else reason
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) -> Run:
+    """Fit ``recipes`` (names or files, merged in order) with ``overrides`` (``--section.key=value``).
+
+    A user's mistake is a ``ConfigError`` with a one-line message naming it; a run that cannot go on is
+    ``TrainingStopped``.  ``sys.argv`` is not touched: on several devices Lightning's DDP launcher runs the
+    command line again for the other local ranks, which is right for ``sslvit fit`` and ``python -m sslvit.fit``."""
     # TF32 for fp32 matmuls on GPUs that have it (Ampere on), as Lightning advises; bf16-mixed recipes use bf16
     torch.set_float32_matmul_precision("high")
-    if argv and argv[0] in ("-h", "--help"):
-        FitCLI(LightningModule, ShardDataModule, subclass_mode_model=True, run=False, args=argv)
-        return 0
-    if not argv or argv[0].startswith("-"):
-        print(f"sslvit.fit: error: no recipe given\n{USAGE}", file=sys.stderr)
-        return 2
-    recipe, overrides = argv[0], argv[1:]
-    if not Path(recipe).is_file():
-        print(f"sslvit.fit: error: recipe {recipe!r} does not exist", file=sys.stderr)
-        return 2
-    sys.argv = [sys.argv[0], *argv]  # what Lightning's DDP launcher re-runs for the other local ranks
+    configs = [a for r in recipes for a in ("--config", str(find_recipe(r)))]
+    if not configs:
+        raise ConfigError("no recipe given: a shipped name (sslvit recipes lists them), a YAML file, or sslvit fit --data DIR")
     try:
         cli = FitCLI(
             LightningModule,
@@ -149,11 +228,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             save_config_callback=SaveRecipe,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "prog": "sslvit fit RECIPE"},
             run=False,
-            args=["--config", recipe, *overrides],
+            args=[*configs, *overrides],
         )
-        ckpt_path = cli.config["ckpt_path"]
+        ckpt_path = cli.resume_from or cli.config["ckpt_path"]
         if ckpt_path:
             try:  # missing, not a checkpoint, or a pickle that would run code; memory-mapped: only the pickle is read
                 read_checkpoint(ckpt_path, mmap=True)
@@ -165,24 +244,65 @@ def main(argv: Optional[list[str]] = None) -> int:
                               f"{type(model).__name__} steps its optimiser itself; set "
                               "model.init_args.accumulate_grad_batches instead")
         trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except TrainingStopped as err:
-        print(f"sslvit.fit: stopped: {err}", file=sys.stderr)
-        return 1
+    except (TrainingStopped, KeyboardInterrupt):
+        raise
     except Exception as err:
         if not any(isinstance(e, (ArgumentError, ConfigError)) for e in _chain(err)):
             raise  # our bug: keep the traceback
-        print(f"sslvit.fit: error: {recipe}: {one_line(err)}", file=sys.stderr)
-        return 2
+        raise ConfigError(one_line(err)) from err
     run_dir = Path(trainer.default_root_dir)
     if trainer.state.finished:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # the final step, whole
+        trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # the final step, whole
     written = read_summary(run_dir)  # figures callbacks wrote themselves (k-NN, skipped samples) stand
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k not in written}
-    update_summary(run_dir, global_step=trainer.global_step, **metrics)
-    if trainer.is_global_zero:
-        print(f"summary {run_dir / 'summary.json'}: {json.dumps(read_summary(run_dir), sort_keys=True)}")
-    return 0 if trainer.state.finished else 1
+    update_summary(run_dir, global_step=trainer.global_step, recipe=" + ".join(map(recipe_name, recipes)), **metrics)
+    return Run(run_dir, read_summary(run_dir), bool(trainer.state.finished))
 
 
-if __name__ == "__main__":
+def recipe_name(recipe: Union[str, Path]) -> str:
+    """A shipped recipe by its name, any other by its path."""
+    path = find_recipe(recipe)
+    return path.stem if path.resolve().parent == RECIPES else str(path)
+
+
+def overrides_from(values: dict, prefix: str = "") -> list[str]:
+    """``{"trainer": {"max_epochs": 5}, "data.batch_size": 32}`` -> ``["--trainer.max_epochs=5", "--data.batch_size=32"]``:
+    a dict under a section name is that section's keys; values are written as JSON (strings as they are)."""
+    args = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and "class_path" not in value:
+            args += overrides_from(value, f"{path}.")
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            args.append(f"--{path}={text}")
+    return args
+
+
+def fit(recipe: Union[str, Path, None] = None, /, *, resume: bool = False, overwrite: bool = False, **overrides: Any) -> Run:
+    """Train from Python, as ``sslvit fit`` does, without touching ``sys.argv``:
+
+        run = sslvit.fit("quickstart", trainer={"max_epochs": 5}, **{"model.init_args.mask_ratio": 0.6})
+        run.summary["knn_top1"], run.checkpoint
+
+    ``recipe``: a shipped recipe's name or a YAML file.  ``overrides``: sections as dicts, or dotted keys;
+    also the fit options (``ckpt_path``, ``checkpoint_every_n_steps``, ...).  ``resume``: continue from the
+    run folder's last.ckpt; ``overwrite``: start again in a folder that holds one.  A mistake raises
+    ``ConfigError`` (its message is the one line the command prints)."""
+    flags = {"resume": resume, "overwrite": overwrite}
+    return train([recipe] if recipe is not None else [], overrides_from({**overrides, **{k: v for k, v in flags.items() if v}}))
+
+
+class _CallableModule(types.ModuleType):
+    """``sslvit.fit`` is this module (``python -m sslvit.fit`` runs it) and, called, the function ``fit``."""
+
+    def __call__(self, *args, **kwargs) -> Run:
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":  # python -m sslvit.fit: the `sslvit fit` command
+    from sslvit.cli.fit import main
+
     sys.exit(main())

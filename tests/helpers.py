@@ -1,10 +1,10 @@
 """What many tests build: a tiny encoder, tiny shards of learnable images, a tiny fit, a tool's entry point."""
 
-import importlib.util
+import importlib
 import io
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from lightning.pytorch import LightningModule, Trainer
@@ -60,12 +60,48 @@ def tiny_fit(model: LightningModule, shards: Sequence[str], root: Path, steps: i
     return trainer
 
 
-def load_tool(name: str) -> ModuleType:
-    """``tools/NAME.py`` as a module, so that its ``main`` runs in this process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# a tiny MAE fit on the CPU in seconds: the recipe tests write and change (write_recipe)
+RECIPE = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 30,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {
+        "class_path": "sslvit.objectives.MAE",
+        "init_args": {
+            "encoder": {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2,
+                        "num_heads": 2, "pos_embed": "sincos"},
+            "decoder_dim": 32,
+            "decoder_depth": 1,
+            "decoder_heads": 2,
+            "base_lr": 5e-2,
+            "warmup_epochs": 1,
+            "recon_every_n_steps": 10,
+        },
+    },
+    "data": {"img_size": 32, "batch_size": 16, "num_workers": 0, "epoch_samples": 64, "shuffle_buffer": 32},
+}
+
+
+def write_recipe(path: Path, run_dir: Path, train_shards, trainer: Optional[dict] = None, **data) -> Path:
+    """``RECIPE`` as a YAML file at ``path``, training on ``train_shards`` into ``run_dir``."""
+    import yaml
+
+    r = yaml.safe_load(yaml.safe_dump(RECIPE))
+    r["trainer"].update(default_root_dir=str(run_dir), **(trainer or {}))
+    r["data"].update(train_shards=list(train_shards) if not isinstance(train_shards, str) else train_shards, **data)
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def command(name: str) -> ModuleType:
+    """``sslvit NAME``'s module (``sslvit.cli.NAME``), so that its ``main`` runs in this process (no interpreter start-up)."""
+    return importlib.import_module(f"sslvit.cli.{name}")
 
 
 def exit_status(tool: Union[ModuleType, Callable], argv: list[str]) -> int:

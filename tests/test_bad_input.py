@@ -9,16 +9,15 @@ import pytest
 import torch
 import yaml
 
-from sslvit.fit import main as fit_main
 from sslvit.models.encoder import Encoder
-from tests.helpers import exit_status, load_tool, tiny_encoder
+from tests.helpers import command, exit_status, tiny_encoder
 
 ROOT = Path(__file__).parent.parent
-TOOLS = ("make_shards", "export_backbone", "attention_maps", "knn_eval", "linear_probe", "analyze")
+TOOLS = ("shards", "export", "attention", "knn", "probe", "analyze")
 
 
 def tool(name: str):
-    return load_tool(name).main
+    return command(name).main
 
 
 class Evil:
@@ -60,52 +59,52 @@ def files(tmp_path_factory, tiny_shards) -> dict:
 
 # (entry point, arguments with {placeholders} from ``files``, what the one line must name)
 CASES = [
-    ("sslvit.fit", ["{root}/missing.yaml"], "missing.yaml"),
-    ("sslvit.fit", ["{recipe}", "--model.init_args.mask_ratoi=0.5"], "mask_ratoi"),
-    ("sslvit.fit", ["{recipe}", "--model.init_args.mask_ratio=1.0"], "mask_ratio=1.0"),
-    ("sslvit.fit", ["{recipe}", "--model.init_args.encoder.patch_size=5"], "patch_size=5"),
-    ("sslvit.fit", ["{recipe}", "--data.train_shards={missing}"], "nope-0.tar"),
-    ("sslvit.fit", ["{recipe}", "--data.train_shards={empty}"], "empty-000000.tar"),
-    ("sslvit.fit", ["{recipe}", "--data.augment_on=gpu"], "data.augment_on='gpu'"),
-    ("sslvit.fit", ["{recipe}", "--ckpt_path={root}/gone.ckpt"], "gone.ckpt"),
-    ("sslvit.fit", ["{recipe}", "--ckpt_path={evil}"], "evil.ckpt"),
-    ("sslvit.fit", ["{recipe}", "--ckpt_path={not_ckpt}"], "notes.ckpt"),
-    ("sslvit.fit", ["{recipe}", "--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps=0"),
-    ("sslvit.fit", ["{recipe}", "--max_nonfinite_steps=-1"], "--max_nonfinite_steps=-1"),
-    ("sslvit.fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--model.init_args.encoder.pos_embed=rel"],
+    ("fit", ["{root}/missing.yaml"], "missing.yaml"),
+    ("fit", ["{recipe}", "--model.init_args.mask_ratoi=0.5"], "mask_ratoi"),
+    ("fit", ["{recipe}", "--model.init_args.mask_ratio=1.0"], "mask_ratio=1.0"),
+    ("fit", ["{recipe}", "--model.init_args.encoder.patch_size=5"], "patch_size=5"),
+    ("fit", ["{recipe}", "--data.train_shards={missing}"], "nope-0.tar"),
+    ("fit", ["{recipe}", "--data.train_shards={empty}"], "empty-000000.tar"),
+    ("fit", ["{recipe}", "--data.augment_on=gpu"], "data.augment_on='gpu'"),
+    ("fit", ["{recipe}", "--ckpt_path={root}/gone.ckpt"], "gone.ckpt"),
+    ("fit", ["{recipe}", "--ckpt_path={evil}"], "evil.ckpt"),
+    ("fit", ["{recipe}", "--ckpt_path={not_ckpt}"], "notes.ckpt"),
+    ("fit", ["{recipe}", "--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps=0"),
+    ("fit", ["{recipe}", "--max_nonfinite_steps=-1"], "--max_nonfinite_steps=-1"),
+    ("fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--model.init_args.encoder.pos_embed=rel"],
      "pos_embed='rel'"),
-    ("sslvit.fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--data.view=multicrop",
+    ("fit", ["{recipe}", "--model.class_path=sslvit.objectives.DINO", "--data.view=multicrop",
                     "--trainer.accumulate_grad_batches=2"], "model.init_args.accumulate_grad_batches"),
-    ("export_backbone", ["{root}/gone.ckpt", "{root}/out"], "gone.ckpt"),
-    ("export_backbone", ["{evil}", "{root}/out"], "evil.ckpt"),
-    ("export_backbone", ["{not_ckpt}", "{root}/out"], "notes.ckpt"),
-    ("export_backbone", ["{good}", "{root}/out", "--img-size", "30"], "--img-size 30"),
-    ("attention_maps", ["--backbone", "{evil}", "--shards", "{train}", "--out", "{root}/a.png"], "evil.ckpt"),
-    ("attention_maps", ["--backbone", "{good}", "--shards", "{missing}", "--out", "{root}/a.png"], "nope-0.tar"),
-    ("knn_eval", ["--backbone", "{root}/gone.ckpt", "--train", "{train}", "--val", "{train}"], "gone.ckpt"),
-    ("knn_eval", ["--backbone", "{evil}", "--train", "{train}", "--val", "{train}"], "evil.ckpt"),
-    ("knn_eval", ["--backbone", "{good}", "--train", "{missing}", "--val", "{train}"], "nope-0.tar"),
-    ("knn_eval", ["--backbone", "{good}", "--train", "{empty}", "--val", "{train}", "--no-cache"], "empty-000000.tar"),
-    ("knn_eval", ["--backbone", "{good}", "--train", "{train}", "--val", "{train}", "--k", "0"], "--k"),
-    ("linear_probe", ["--backbone", "{root}/gone.ckpt", "--train", "{train}", "--val", "{train}"], "gone.ckpt"),
-    ("linear_probe", ["--backbone", "{good}", "--train", "{missing}", "--val", "{train}"], "nope-0.tar"),
-    ("linear_probe", ["--backbone", "{good}", "--train", "{train}", "--val", "{train}", "--few-shot", "0"], "--few-shot"),
+    ("export", ["{root}/gone.ckpt", "{root}/out"], "gone.ckpt"),
+    ("export", ["{evil}", "{root}/out"], "evil.ckpt"),
+    ("export", ["{not_ckpt}", "{root}/out"], "notes.ckpt"),
+    ("export", ["{good}", "{root}/out", "--img-size", "30"], "--img-size 30"),
+    ("attention", ["--backbone", "{evil}", "--shards", "{train}", "--out", "{root}/a.png"], "evil.ckpt"),
+    ("attention", ["--backbone", "{good}", "--shards", "{missing}", "--out", "{root}/a.png"], "nope-0.tar"),
+    ("knn", ["--backbone", "{root}/gone.ckpt", "--train", "{train}", "--val", "{train}"], "gone.ckpt"),
+    ("knn", ["--backbone", "{evil}", "--train", "{train}", "--val", "{train}"], "evil.ckpt"),
+    ("knn", ["--backbone", "{good}", "--train", "{missing}", "--val", "{train}"], "nope-0.tar"),
+    ("knn", ["--backbone", "{good}", "--train", "{empty}", "--val", "{train}", "--no-cache"], "empty-000000.tar"),
+    ("knn", ["--backbone", "{good}", "--train", "{train}", "--val", "{train}", "--k", "0"], "--k"),
+    ("probe", ["--backbone", "{root}/gone.ckpt", "--train", "{train}", "--val", "{train}"], "gone.ckpt"),
+    ("probe", ["--backbone", "{good}", "--train", "{missing}", "--val", "{train}"], "nope-0.tar"),
+    ("probe", ["--backbone", "{good}", "--train", "{train}", "--val", "{train}", "--few-shot", "0"], "--few-shot"),
     ("analyze", ["--backbone", "{evil}", "--data", "{train}", "--out", "{root}/an"], "evil.ckpt"),
     ("analyze", ["--backbone", "{good}", "--data", "{missing}", "--out", "{root}/an"], "nope-0.tar"),
-    ("make_shards", ["{root}/no-such-folder", "{root}/shards"], "no-such-folder"),
-    ("make_shards", ["{root}", "{root}/shards", "--maxcount", "0"], "--maxcount"),
+    ("shards", ["{root}/no-such-folder", "{root}/shards"], "no-such-folder"),
+    ("shards", ["{root}", "{root}/shards", "--maxcount", "0"], "--maxcount"),
 ]
 
 
 @pytest.mark.parametrize("entry, args, culprit", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_one_line_naming_the_culprit_and_exit_status_2(entry, args, culprit, files, capsys):
     argv = [a.format(**files) for a in args]
-    run = fit_main if entry == "sslvit.fit" else tool(entry)
+    run = tool(entry)
     status = exit_status(run, argv)
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "Warning" not in line and line.strip()]
     print(f"\n{entry} {' '.join(args)}\n  -> exit {status}: {err[-1] if err else ''}")
     assert status == 2, err
-    prog = "sslvit.fit" if entry == "sslvit.fit" else entry
+    prog = f"sslvit {entry}"
     assert len(err) == 1 and err[0].startswith(f"{prog}: error:") and culprit in err[0], err
     assert "Traceback" not in err[0]
     assert not (files["root"] / "pwned").exists(), "a checkpoint ran code"

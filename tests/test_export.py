@@ -14,7 +14,7 @@ from torch.testing import assert_close
 from sslvit.checkpoint import load_backbone
 from sslvit.export import export_backbone
 from sslvit.objectives import DINO, MAE, DINOv2, Supervised
-from tests.helpers import load_tool, tiny_encoder, tiny_fit
+from tests.helpers import command, tiny_encoder, tiny_fit
 
 ROOT = Path(__file__).parent.parent
 MODELS = {
@@ -52,7 +52,7 @@ def checkpoints(tiny_shards, tmp_path_factory) -> dict:
 def test_export_loads_in_plain_timm_with_identical_features(name, checkpoints, tmp_path):
     ckpt, model = checkpoints[name]
     folder = export_backbone(ckpt, tmp_path / "export")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = model.eval_encoder().vit.forward_features(x)  # DINO: the teacher
@@ -116,7 +116,7 @@ def test_relative_position_export_resizes_without_changing_a_weight(checkpoints,
 
 
 def tool_main():
-    return load_tool("export_backbone").main
+    return command("export").main
 
 
 def test_command_line(checkpoints, tmp_path, capsys):
@@ -131,7 +131,7 @@ def test_command_line(checkpoints, tmp_path, capsys):
                           ([str(tmp_path), str(tmp_path / "z")], "config.json")]:
         assert main(args) == 2
         lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("export_backbone: error:") and culprit in lines[0], lines
+        assert len(lines) == 1 and lines[0].startswith("sslvit export: error:") and culprit in lines[0], lines
 
 
 @pytest.mark.parametrize("name", ["supervised", "supervised_rel",
@@ -145,4 +145,42 @@ def test_onnx_export_matches_torch(name, checkpoints, tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"{tmp_path / 'out' / 'model.onnx'}: max |onnxruntime - torch| = "), first
     assert float(first.rsplit("= ", 1)[1]) <= 1e-4
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.onnx", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.onnx", "model.safetensors"]
+
+
+def test_the_model_card_says_what_the_run_was_and_its_lines_load_the_export(tmp_path, tiny_shards, capsys):
+    from sslvit.cli.fit import main as fit_main
+    from tests.helpers import write_recipe
+
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", run, tiny_shards["train"], trainer={"max_steps": 2})
+    assert fit_main([str(recipe)]) == 0
+    out = export_backbone(run / "checkpoints" / "last.ckpt", run / "export")
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm\nlicense: apache-2.0\n")
+    for part in ("# run\n", "| objective | MAE (He et al. 2022", "the backbone is the encoder", f"| recipe | `{recipe}` |",
+                 f"| data | `{tiny_shards['train'][0]}`", "| training | 2 optimiser steps", "2 blocks, 64 wide, 2 heads, patch 8"):
+        assert part in card, part
+    code = card.split("```python\n")[1].split("```")[0]  # the card's own lines (plain timm), as a user runs them
+    namespace: dict = {}
+    exec(code, namespace)
+    with torch.no_grad():
+        assert namespace["model"](torch.randn(1, 3, 32, 32)).shape == (1, 64)
+    assert namespace["transform"] is not None
+
+
+def test_push_to_hub_hands_the_folder_to_huggingface_hub(checkpoints, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hub/{repo_id}")
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    ckpt, _ = checkpoints["dino"]
+    assert tool_main()([str(ckpt), str(tmp_path / "out"), "--push-to-hub", "someone/tiny-dino", "--private"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["uploaded to https://hub/someone/tiny-dino", str(tmp_path / "out")]
+    assert calls[0] == ("create", "someone/tiny-dino", {"private": True, "exist_ok": True})
+    assert calls[1][1]["repo_id"] == "someone/tiny-dino" and calls[1][1]["folder_path"] == str(tmp_path / "out")
+    assert 'timm.create_model("hf-hub:someone/tiny-dino", pretrained=True)' in (tmp_path / "out" / "README.md").read_text()
+    assert tool_main()([str(ckpt), str(tmp_path / "out2"), "--push-to-hub", "no-slash"]) == 2
+    assert "--push-to-hub 'no-slash'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``python -m sslvit.fit``: a real fit on tiny shards, bad recipes, and resume."""
+"""``sslvit fit`` (``python -m sslvit.fit``): a real fit on tiny shards, bad recipes, and resume."""
 
 import csv
 import subprocess
@@ -10,45 +10,14 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from sslvit.fit import main
-
-RECIPE = {
-    "seed_everything": 0,
-    "trainer": {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": 30,
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    },
-    "model": {
-        "class_path": "sslvit.objectives.MAE",
-        "init_args": {
-            "encoder": {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2,
-                        "num_heads": 2, "pos_embed": "sincos"},
-            "decoder_dim": 32,
-            "decoder_depth": 1,
-            "decoder_heads": 2,
-            "base_lr": 5e-2,
-            "warmup_epochs": 1,
-            "recon_every_n_steps": 10,
-        },
-    },
-    "data": {"img_size": 32, "batch_size": 16, "num_workers": 0, "epoch_samples": 64, "shuffle_buffer": 32},
-}
+from sslvit.cli.fit import main
+from tests.helpers import write_recipe
 
 
 @pytest.fixture
 def recipe(tmp_path, tiny_shards):
-    def write(**data_overrides) -> Path:
-        r = yaml.safe_load(yaml.safe_dump(RECIPE))
-        r["trainer"]["default_root_dir"] = str(tmp_path / "run")
-        r["data"]["train_shards"] = tiny_shards["train"]
-        r["data"].update(data_overrides)
-        path = tmp_path / "recipe.yaml"
-        path.write_text(yaml.safe_dump(r))
-        return path
+    def write(train_shards=tiny_shards["train"], **data_overrides) -> Path:
+        return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", train_shards, **data_overrides)
 
     return write
 
@@ -67,7 +36,8 @@ def test_fit_writes_run_directory_and_loss_falls(recipe, tmp_path):
     assert (run / "config.yaml").is_file()
     summary = yaml.safe_load((run / "summary.json").read_text())
     assert summary["global_step"] == 30 and "train/loss" in summary
-    assert sorted(p.name for p in (run / "figures").glob("*.png"))[:1] == ["mae_reconstruction_step0000000.png"]
+    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert figures[:2] == ["curves.png", "mae_reconstruction_step0000000.png"], figures
     trace = losses(run)
     assert len(trace) == 30
     first, last = sum(trace[:5]) / 5, sum(trace[-5:]) / 5
@@ -182,7 +152,7 @@ def test_past_the_limit_non_finite_steps_stop_in_one_line_and_keep_the_last_good
     assert rc == 1
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]  # (library warnings may come before it)
-    assert line.startswith("sslvit.fit: stopped: non-finite loss nan at step 5 (epoch 1): 3 steps skipped, "
+    assert line.startswith("sslvit fit: stopped: non-finite loss nan at step 5 (epoch 1): 3 steps skipped, "
                            "more than the limit of 2"), line
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert str(last) in line

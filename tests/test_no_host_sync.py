@@ -12,7 +12,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from sslvit.fit import main
+from sslvit.cli.fit import main
 
 READS = ("item", "__float__", "__bool__", "__int__", "__index__", "tolist", "cpu", "numpy")
 ENCODER = {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}

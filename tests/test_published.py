@@ -191,13 +191,13 @@ def test_the_evaluation_tools_take_released_files_and_timm_names(tiny_shards, tm
     from timm.models import save_for_hf
 
     from sslvit.export import timm_model_args
-    from tests.helpers import load_tool
+    from tests.helpers import command
 
     dino = small_dino()
     full = write_dino_full(dino, tmp_path / "checkpoint.pth")
     save_for_hf(dino.teacher.encoder.vit, tmp_path / "hub", model_args=timm_model_args(dino.teacher.encoder.vit),
                 safe_serialization=True)
-    linear_probe = load_tool("linear_probe").main
+    linear_probe = command("probe").main
     results = []
     for backbone in (str(full), f"local-dir:{tmp_path / 'hub'}"):
         argv = ["--backbone", backbone, "--train", *tiny_shards["train"], "--val", *tiny_shards["val"], "--workers", "0",

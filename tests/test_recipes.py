@@ -1,12 +1,14 @@
-"""Every recipe parses against the code and runs its smoke path (one step, on the CPU)."""
+"""Every recipe parses against the code and runs its smoke path (one step, on the CPU), and says what it is."""
 
 from pathlib import Path
 
 import pytest
 
-from sslvit.fit import main
+import sslvit.recipes
+from sslvit.cli.fit import main
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPES = sslvit.recipes.paths()  # inside the package; the repository's recipes/ links to them
+REPO = Path(__file__).resolve().parent.parent
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
 SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the keys are still checked
     "mae_vitl16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
@@ -26,12 +28,19 @@ SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the key
 }
 
 
-def test_every_recipe_opens_with_its_command():
-    assert RECIPES
+def test_every_recipe_opens_with_its_command_purpose_hardware_and_result():
+    assert len(RECIPES) >= 7
     for recipe in RECIPES:
         first = recipe.read_text().splitlines()[0]
-        assert first.startswith(f"# python -m sslvit.fit recipes/{recipe.name}"), recipe.name
-        assert "Reaches" in recipe.read_text(), recipe.name
+        assert first == f"# sslvit fit {recipe.stem}" or first.startswith(f"# sslvit fit {recipe.stem} "), recipe.name
+        info = sslvit.recipes.describe(recipe)
+        assert info.purpose and info.hardware and info.reaches, recipe.name
+        assert all(len(getattr(info, f)) < 140 for f in ("purpose", "hardware", "reaches")), recipe.name  # one line each
+
+
+def test_the_repository_recipes_folder_is_the_packages():
+    assert (REPO / "recipes").resolve() == sslvit.recipes.FOLDER
+    assert sorted(p.name for p in (REPO / "recipes").glob("*.yaml")) == [p.name for p in RECIPES]
 
 
 FAST = {"quickstart_dino.yaml"}  # the others build paper-size models or evaluate all the digits: seconds each

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from sslvit.checkpoint import AtomicCheckpointIO
+from sslvit.cli.fit import main
 from sslvit.files import TMP_PREFIX, remove_partial_writes
-from sslvit.fit import main
 
 ROOT = Path(__file__).parent.parent
 MAX_STEPS = 14  # 5 batches an epoch: the kill lands in the second or third epoch, part-way through it

@@ -20,7 +20,7 @@ from torch import nn
 
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
-from sslvit.figures import denormalize, image_logger, save_rows
+from sslvit.figures import denormalize, image_loggers, save_rows
 
 
 @contextmanager
@@ -85,13 +85,14 @@ def attention_figure(
     path: Union[str, Path],
     mean: Sequence[float],
     std: Sequence[float],
-    logger: Optional[object] = None,
+    loggers: Sequence[object] = (),
     tag: str = "",
     step: int = 0,
     scale: int = 1,
 ) -> Path:
-    """A PNG with one row per image: the image, each head's map, and the heads' mean laid over the image;
-    ``scale`` > 1 draws every tile that many times larger (pixel blocks), for small inputs."""
+    """A PNG with one row per image: the image, each head's map, and the heads' mean laid over the image, the
+    columns labelled; ``scale`` > 1 draws every tile that many times larger (pixel blocks), for small inputs
+    (``save_rows`` also enlarges tiles too small to read)."""
     images = denormalize(images.float().cpu(), mean, std)  # [B, 3, H, W] in [0, 1]
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")  # [B, 3, H * scale, W * scale]
@@ -102,17 +103,18 @@ def attention_figure(
     colours = heat(stretch(maps).flatten(0, 1)).view(b, heads + 1, 3, *size)
     overlay = 0.5 * images + 0.5 * colours[:, -1]  # [B, 3, H, W]
     rows = [torch.cat([img[None], c[:heads], o[None]]) for img, c, o in zip(images, colours, overlay)]
-    return save_rows(rows, Path(path), logger, tag, step)
+    labels = ["image", *(f"head {h + 1}" for h in range(heads)), "mean"]
+    return save_rows(rows, Path(path), loggers, tag, step, col_labels=labels)
 
 
 def save_attention_maps(
-    vit: nn.Module, images: torch.Tensor, path: Union[str, Path], logger: Optional[object] = None,
+    vit: nn.Module, images: torch.Tensor, path: Union[str, Path], loggers: Sequence[object] = (),
     tag: str = "attention/cls", step: int = 0, scale: int = 1,
 ) -> Path:
     """``cls_attention`` of ``images`` ([B, 3, H, W], normalised as ``eval_view(vit)`` does) drawn into ``path``."""
     stats = timm.data.resolve_data_config({}, model=vit)  # the mean and std eval_view normalised with
     attn = cls_attention(vit, images)
-    return attention_figure(images, attn, path, stats["mean"], stats["std"], logger, tag, step, scale)
+    return attention_figure(images, attn, path, stats["mean"], stats["std"], loggers, tag, step, scale)
 
 
 class AttentionMaps(Callback):
@@ -147,7 +149,7 @@ class AttentionMaps(Callback):
         vit = pl_module.eval_encoder().vit
         path = Path(trainer.default_root_dir) / "figures" / f"attention_epoch{epoch:03d}.png"
         self._drawn_step = trainer.global_step
-        return save_attention_maps(vit, self.images(trainer, vit), path, image_logger(trainer), step=trainer.global_step)
+        return save_attention_maps(vit, self.images(trainer, vit), path, image_loggers(trainer), step=trainer.global_step)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch = trainer.current_epoch

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sslvit.data.augment import Augment, augment_seed
-from sslvit.data.shards import expand_urls, manifest_samples
+from sslvit.data.shards import expand_urls, train_urls_and_samples
 from sslvit.data.stream import EvalStream, StreamLoader, TrainStream, batches_per_epoch
 from sslvit.data.views import DECODES, MAEView, MultiCropView, decode_on_device, eval_view, finetune_view, normalize
 from sslvit.errors import ConfigError
@@ -45,7 +45,7 @@ class ShardDataModule(LightningDataModule):
         local_crops: int = 8,  # DINO main_dino.py default (10 for its best ViT-S/16)
         local_img_size: int = 96,
         local_crop_scale: Sequence[float] = (0.05, 0.4),  # DINO main_dino.py default
-        epoch_samples: Optional[int] = None,  # samples per epoch over all ranks; read from manifest.json if absent
+        epoch_samples: Optional[int] = None,  # samples per epoch over all ranks; counted from the shards if absent
         resampled: bool = False,  # draw shards with replacement: for endless streams with no natural epoch
         shuffle_buffer: int = 2000,  # samples held per worker for shuffling
         seed: int = 0,
@@ -85,12 +85,7 @@ class ShardDataModule(LightningDataModule):
         h = self.hparams
         if h.train_shards is None:
             raise ConfigError("data.train_shards must be given (a shard pattern, or digits:train)")
-        urls = expand_urls(h.train_shards, "data.train_shards")
-        samples = h.epoch_samples or manifest_samples(urls)
-        if not samples:
-            raise ConfigError(
-                f"data.epoch_samples is needed: no manifest.json gives the sample count of {h.train_shards!r}"
-            )
+        urls, samples = train_urls_and_samples(h.train_shards, h.epoch_samples)  # counted if not given
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         readers = world * max(1, h.num_workers)

@@ -6,8 +6,15 @@ Each file is fully decoded once, in worker processes; what PIL cannot decode is 
 reported.  A sample keeps the file's own bytes under the extension of the format PIL found
 (``KEY.jpg`` + ``KEY.cls``), in a seeded shuffled order, so no shard holds a single class.
 ``OUT/manifest.json`` counts each shard and records each set (``sslvit.data.shards``: its one reader and writer).
+
+``folder_shards(SRC)`` is what ``sslvit fit --data SRC`` trains on: the folder written once into the cache
+(``$SSLVIT_CACHE/folders``) under a key of its listing, so a second run starts at once and a changed
+folder gets new shards.  Class folders are split into ``train`` and a held-out ``val`` (``HOLDOUT`` of the
+files, drawn by a hash of each path, so adding files does not move the others); ``SRC/train`` and
+``SRC/val`` side by side are taken as the split they are; a flat folder is all ``train``, unlabelled.
 """
 
+import hashlib
 import io
 import json
 import multiprocessing
@@ -19,20 +26,23 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from sslvit.data.shards import ShardWriter, read_manifest, shard_pattern, update_manifest
+from sslvit.data.shards import MANIFEST, ShardWriter, read_manifest, shard_pattern, update_manifest
 from sslvit.data.stream import IMAGE_EXTS
 from sslvit.data.views import to_rgb
 from sslvit.errors import ConfigError
-from sslvit.files import atomic_write
+from sslvit.files import atomic_folder, atomic_write, folder_shards_dir
 
 FORMAT_EXTS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 NETPBM_EXTS = {"1": "pbm", "L": "pgm", "I": "pgm", "I;16": "pgm"}  # PIL names all of netpbm "PPM"; else ppm
 JPEG_QUALITY = 95  # images shrunk by resize_max: near-lossless, and JPEG keeps large shards small
+HOLDOUT = 0.1  # of a class-folder set, held out as the val split that sslvit fit --data reports k-NN on
+FOLDER_RESIZE_MAX = 512  # folder_shards: 2.3x the 224 px crops, as the README's make_shards example
+FOLDER_SHARDS_VERSION = 1  # bump when folder_shards writes something else for the same folder
 
 @dataclass
 class ShardSet:
@@ -61,15 +71,19 @@ def folder_to_shards(
     classes: Optional[Sequence[str]] = None,
     seed: int = 0,
     progress: bool = True,
+    keep: Optional[Callable[[str], bool]] = None,
 ) -> ShardSet:
     """Write the decodable images under ``src`` as ``out/<prefix>-000000.tar`` ... and update
     ``out/manifest.json``.  A new shard starts before one would pass ``maxcount`` samples or
     ``maxsize_mb`` MiB.  Images longer than ``resize_max`` pixels are shrunk and stored as JPEG.
     ``workers`` processes decode (default: one per CPU; 0 or 1: this process).  Re-running
-    replaces this prefix's shards; other prefixes in ``out`` are kept."""
+    replaces this prefix's shards; other prefixes in ``out`` are kept.  ``keep(relative path)``: only the
+    files it accepts (a split of the folder)."""
     src, out = Path(src), Path(out)
     _check_settings(prefix, maxcount=maxcount, maxsize_mb=maxsize_mb, resize_max=resize_max, workers=workers)
     files, skipped, classes = list_images(src, classes)
+    if keep is not None:
+        files = [(path, label) for path, label in files if keep(path)]
     if out.resolve().is_relative_to(src.resolve()):
         raise ConfigError(f"{out}: the output folder must not be inside the image folder {src}")
     read_manifest(out)  # a broken manifest fails before any work
@@ -117,6 +131,61 @@ def folder_to_shards(
                   resize_max=resize_max, maxcount=maxcount, maxsize_mb=maxsize_mb, seed=seed)
     update_manifest(out, shard_pattern(prefix).fullmatch, writer.counts, {prefix: record})
     return ShardSet(out, prefix, dict(writer.counts), skipped, classes)
+
+
+@dataclass
+class FolderShards:
+    """An image folder as shards in the cache (``folder_shards``)."""
+
+    folder: Path
+    train: list[str]  # shard paths
+    val: list[str]  # the held-out split's; empty for a flat (unlabelled) folder
+    classes: Optional[list[str]]
+    samples: dict[str, int]  # split -> samples
+
+
+def folder_shards(src: Union[str, Path], *, holdout: float = HOLDOUT, resize_max: Optional[int] = FOLDER_RESIZE_MAX,
+                  workers: Optional[int] = None, progress: bool = True) -> FolderShards:
+    """``src`` as train (and held-out val) shards, written into the cache once per content of the folder."""
+    src = Path(src).expanduser()
+    presplit = (src / "train").is_dir() and (src / "val").is_dir()
+    parts = {"train": src / "train", "val": src / "val"} if presplit else {"train": src}
+    listing = {name: list_images(folder)[0] for name, folder in parts.items()}
+    stamp = hashlib.sha256(json.dumps([FOLDER_SHARDS_VERSION, holdout, resize_max, sorted(
+        (name, path, *_stat(parts[name] / path)) for name, files in listing.items() for path, _ in files)]).encode())
+    name = re.sub(r"[^\w.-]", "_", src.resolve().name) or "folder"
+    out = folder_shards_dir() / f"{name}-{stamp.hexdigest()[:16]}"
+    if not (out / MANIFEST).is_file():
+        n = sum(len(files) for files in listing.values())
+        settings = dict(maxcount=max(100, min(10000, -(-n // 64))), resize_max=resize_max, workers=workers,
+                        progress=progress)  # about 64 shards, so that ranks x workers each read their own
+        with atomic_folder(out) as tmp:
+            if presplit:
+                train = folder_to_shards(parts["train"], tmp, "train", **settings)
+                if listing["val"]:
+                    folder_to_shards(parts["val"], tmp, "val", classes=train.classes, **settings)
+            else:
+                labelled = any(label >= 0 for _, label in listing["train"])
+                held = (lambda path: _fraction(path) < holdout) if labelled and holdout > 0 else (lambda path: False)
+                train = folder_to_shards(src, tmp, "train", keep=lambda path: not held(path), **settings)
+                if any(held(path) for path, _ in listing["train"]):
+                    folder_to_shards(src, tmp, "val", keep=held, classes=train.classes, **settings)
+    manifest = json.loads((out / MANIFEST).read_text())
+    sets = manifest.get("sets", {})
+    shards = sorted(manifest["shards"])
+    split = {s: [str(out / f) for f in shards if shard_pattern(s).fullmatch(f)] for s in ("train", "val")}
+    return FolderShards(out, split["train"], split["val"], sets["train"].get("classes"),
+                        {s: sets[s]["samples"] for s in sets})
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _fraction(path: str) -> float:
+    """A number in [0, 1) fixed by the path alone: which files are held out does not depend on the others."""
+    return int(hashlib.sha256(path.encode()).hexdigest()[:8], 16) / 2**32
 
 
 def list_images(

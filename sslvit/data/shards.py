@@ -5,6 +5,11 @@
 * The manifest: ``manifest.json`` beside local shards, ``{"shards": {"<name>.tar": count, ...},
   "sets": {...}}``.  ``read_manifest`` is its one reader (and checks it); ``update_manifest`` its one
   writer; ``manifest_samples`` turns it into an epoch's length.
+* Counts, the one home of them (``count_samples``): an epoch's length comes from the manifest; else
+  from webdataset's standard shard index (a ``wids`` JSON, ``"__kind__": "wids-shard-index-v1"``, beside
+  the shards or named in the spec itself); else, for local shards made by other tools, from the tar
+  headers (no member is decoded or even read; the counts are kept in the cache, keyed by path, size and
+  modification time).  Only remote shards that none of these counts need ``data.epoch_samples``.
 * Writing: ``ShardWriter`` rolls ``prefix-000000.tar``, ``prefix-000001.tar``... by count and size.
 """
 
@@ -12,6 +17,8 @@ import glob
 import json
 import os
 import re
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -19,11 +26,12 @@ import braceexpand
 import webdataset as wds
 
 from sslvit.errors import ConfigError
-from sslvit.files import atomic_write
+from sslvit.files import atomic_write, cache_root
 
 ShardSpec = Union[str, Sequence[str]]
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
 MANIFEST = "manifest.json"
+WIDS_KIND = "wids-shard-index-v1"  # webdataset's indexed-dataset ("wids") shard list: {"shardlist": [{"url", "nsamples"}]}
 
 # "name:split" -> shard paths: data sets shipped inside an installed package (sslvit.data.digits)
 EMBEDDED: dict[str, Callable[[str], list[str]]] = {}
@@ -35,7 +43,8 @@ def register_embedded(name: str, resolve: Callable[[str], list[str]]) -> None:
 
 
 def expand_urls(spec: ShardSpec, key: str = "data.train_shards") -> list[str]:
-    """Every shard named by ``spec``; local files must exist (the error names ``key`` and the pattern)."""
+    """Every shard named by ``spec``; local files must exist (the error names ``key`` and the pattern).
+    A wids index file (JSON) stands for the shards it lists."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
     if not patterns:
         raise ConfigError(f"{key} is empty")
@@ -45,6 +54,11 @@ def expand_urls(spec: ShardSpec, key: str = "data.train_shards") -> list[str]:
         if name in EMBEDDED:
             urls += EMBEDDED[name](split)
             continue
+        if pattern.endswith(".json") and os.path.isfile(os.path.expanduser(pattern)):
+            urls += list(read_wids(Path(pattern).expanduser(), key))
+            continue
+        if os.path.isdir(os.path.expanduser(pattern)):
+            raise ConfigError(folder_hint(pattern, key))
         for url in braceexpand.braceexpand(pattern):
             if url.startswith(REMOTE_PREFIXES):
                 urls.append(url)
@@ -102,6 +116,144 @@ def manifest_samples(urls: Sequence[str]) -> Optional[int]:
             return None
         total += count
     return total
+
+
+def folder_hint(folder: str, key: str) -> str:
+    """What to say when a folder is given where shards are expected."""
+    tars = sorted(Path(folder).expanduser().glob("*.tar"))
+    if tars:
+        return (f"{key}={folder!r} is a folder; name its shards, e.g. '{Path(folder) / tars[0].name}' or a brace "
+                f"pattern such as '{Path(folder)}/{{{tars[0].stem}..{tars[-1].stem}}}.tar' (when the names allow)")
+    return (f"{key}={folder!r} is a folder, not shards: to train on a folder of images, `sslvit fit --data {folder}`; "
+            f"to write it as shards, `sslvit shards {folder} OUT`")
+
+
+def read_wids(path: Path, key: str = "data.train_shards") -> dict[str, int]:
+    """A wids shard index -> {url: samples}; relative URLs are relative to the index's folder (or its ``base_path``)."""
+    try:
+        index = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}: {path}: cannot read the shard index: {err}") from None
+    if not isinstance(index, dict) or index.get("__kind__") != WIDS_KIND or not isinstance(index.get("shardlist"), list):
+        raise ConfigError(f"{key}: {path} is not a wids shard index (a JSON object with "
+                          f"\"__kind__\": \"{WIDS_KIND}\" and a \"shardlist\")")
+    base = str(index.get("base_path") or Path(path).resolve().parent)
+    counts = {}
+    for entry in index["shardlist"]:
+        url, n = (entry.get("url"), entry.get("nsamples")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(url, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ConfigError(f"{key}: {path}: shard entry {str(entry)[:80]} needs a \"url\" and \"nsamples\" >= 0")
+        absolute = url.startswith(REMOTE_PREFIXES) or os.path.isabs(url)
+        counts[url if absolute else (base.rstrip("/") + "/" + url)] = n
+    return counts
+
+
+def count_samples(urls: Sequence[str], key: str = "data.train_shards", spec: Optional[ShardSpec] = None) -> int:
+    """The samples in ``urls``: from ``manifest.json`` beside local shards, a wids index (named in ``spec``,
+    or beside the shards), or the tar headers of local shards.  Remote shards with no count are a ``ConfigError``."""
+    known: dict[str, int] = {}
+    for pattern in [spec] if isinstance(spec, str) else list(spec or []):
+        if pattern.endswith(".json") and os.path.isfile(os.path.expanduser(pattern)):
+            known.update(read_wids(Path(pattern).expanduser(), key))
+    total, uncounted = 0, []
+    for url in urls:
+        n = known.get(url)
+        if n is None and not url.startswith(REMOTE_PREFIXES):
+            n = _beside(Path(url.removeprefix("file:")))
+        if n is None:
+            uncounted.append(url)
+        else:
+            total += n
+    remote = [u for u in uncounted if u.startswith(REMOTE_PREFIXES)]
+    if remote:
+        raise ConfigError(f"data.epoch_samples is needed: no manifest.json or wids index counts the remote shards of {key} "
+                          f"(such as {remote[0]!r}); set it to the samples per epoch over all ranks")
+    return total + sum(tar_counts([u.removeprefix("file:") for u in uncounted]))
+
+
+def _beside(path: Path) -> Optional[int]:
+    """The count of a local shard in the manifest or a wids index of its folder, if any."""
+    manifest = _folder_counts(path.parent)
+    return manifest.get(str(path.resolve()))
+
+
+_FOLDERS: dict[tuple, dict[str, int]] = {}
+
+
+def _folder_counts(folder: Path) -> dict[str, int]:
+    """Resolved shard path -> samples, from ``folder``'s manifest and wids indexes (read once per change)."""
+    jsons = sorted(folder.glob("*.json"))
+    stamp = (str(folder.resolve()), *((p.name, p.stat().st_mtime_ns) for p in jsons))
+    if stamp not in _FOLDERS:
+        counts: dict[str, int] = {}
+        for path in jsons:
+            if path.name == MANIFEST:
+                continue
+            try:
+                index = json.loads(path.read_text()) if path.stat().st_size < 2**26 else None
+            except (OSError, ValueError):
+                continue  # some other JSON file
+            if isinstance(index, dict) and index.get("__kind__") == WIDS_KIND:
+                counts.update({str(Path(u).resolve()): n for u, n in read_wids(path).items() if not u.startswith(REMOTE_PREFIXES)})
+        counts.update({str((folder / name).resolve()): n for name, n in read_manifest(folder).get("shards", {}).items()})
+        _FOLDERS[stamp] = counts
+    return _FOLDERS[stamp]
+
+
+def tar_samples(path: Union[str, Path]) -> int:
+    """Samples in a tar shard as webdataset groups them (consecutive members sharing the name up to the
+    first '.' of their base name; ``__*__`` meta members and names without an extension are not samples),
+    from the headers alone: no member is read."""
+    n, last = 0, None
+    try:
+        with tarfile.open(path, "r:*") as tar:  # an uncompressed tar is walked by seeking from header to header
+            for member in tar:
+                if not member.isreg() or re.match(r"__[^/]*__($|/)", member.name):
+                    continue
+                match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", member.name)  # webdataset's base_plus_ext
+                if match and match.group(1) != last:
+                    n, last = n + 1, match.group(1)
+    except (OSError, tarfile.TarError, EOFError) as err:
+        raise ConfigError(f"{path}: cannot count the samples of this shard: {str(err).splitlines()[0] if str(err) else err!r}")
+    return n
+
+
+def tar_counts(paths: Sequence[str]) -> list[int]:
+    """``tar_samples`` of each path, from the cache where the file has not changed (keyed by resolved path, size and
+    modification time), else counted (in threads: the time goes into seeks) and added to the cache."""
+    if not paths:
+        return []
+    cache_file = cache_root() / "shard_counts.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    keys = []
+    for p in paths:
+        st = os.stat(p)
+        keys.append(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    todo = [(k, p) for k, p in zip(keys, paths) if not isinstance(cache.get(k), int)]
+    if todo:
+        with ThreadPoolExecutor(min(16, len(todo))) as pool:
+            counted = list(pool.map(tar_samples, [p for _, p in todo]))
+        cache.update({k: n for (k, _), n in zip(todo, counted)})
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(cache_file, "w") as f:
+                json.dump(cache, f)
+        except OSError:
+            pass  # a read-only cache only costs a recount
+    return [cache[k] for k in keys]
+
+
+def train_urls_and_samples(spec: ShardSpec, epoch_samples: Optional[int] = None,
+                           key: str = "data.train_shards") -> tuple[list[str], int]:
+    """The training shards and the samples of an epoch: ``epoch_samples`` when given, else ``count_samples``."""
+    urls = expand_urls(spec, key)
+    samples = epoch_samples or count_samples(urls, key, spec)
+    if not samples:
+        raise ConfigError(f"{key}={spec!r}: the shards hold no samples")
+    return urls, samples
 
 
 def shard_pattern(prefix: str) -> re.Pattern:

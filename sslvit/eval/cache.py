@@ -23,14 +23,14 @@ import torch
 
 from sslvit.data.shards import REMOTE_PREFIXES
 from sslvit.eval.features import Features, FeatureSpec
-from sslvit.files import atomic_write, cache_root
+from sslvit.files import atomic_write, features_cache_dir
 
 VERSION = 1  # bump when extraction changes what it computes
 
 
 def default_cache_dir() -> Path:
     """``$SSLVIT_CACHE/features`` (``~/.cache/sslvit/features``), beside the embedded digits."""
-    return cache_root() / "features"
+    return features_cache_dir()
 
 
 def file_stamp(path: Union[str, Path]) -> list:

@@ -37,6 +37,7 @@ class KNNMonitor(Callback):
         self.compare_random_init = compare_random_init
         self.batch_size = batch_size
         self.random_init_top1 = None  # kept in checkpoints, so a resumed run still reports it
+        self.knn_history: list[tuple[int, float]] = []  # (step, top-1): figures/curves.png draws it (TrainingCurves)
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> float:
         """Top-1 over the whole held-out split; call it on every rank (it gathers and reduces)."""
@@ -50,17 +51,21 @@ class KNNMonitor(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.compare_random_init and self.random_init_top1 is None and trainer.global_step == 0:
             self.random_init_top1 = self.evaluate(trainer, pl_module)
+            self.knn_history.append((0, self.random_init_top1))
             rank_zero_info(f"k-NN top-1 (k={self.k}) at random init: {self.random_init_top1:.4f}")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         n = self.every_n_epochs
         if n and (trainer.current_epoch + 1) % n == 0:
             top1 = self.evaluate(trainer, pl_module)
+            self.knn_history.append((trainer.global_step, top1))
             pl_module.log("knn_top1", top1)  # the same on every rank: nothing to reduce
             rank_zero_info(f"k-NN top-1 (k={self.k}) after epoch {trainer.current_epoch}: {top1:.4f}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         top1 = self.evaluate(trainer, pl_module)
+        if not self.knn_history or self.knn_history[-1][0] != trainer.global_step:
+            self.knn_history.append((trainer.global_step, top1))
         if not trainer.is_global_zero:
             return
         values = {"knn_top1": top1}
@@ -73,10 +78,11 @@ class KNNMonitor(Callback):
         print(line, flush=True)
 
     def state_dict(self) -> dict:
-        return {"random_init_top1": self.random_init_top1}
+        return {"random_init_top1": self.random_init_top1, "knn_history": [list(p) for p in self.knn_history]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.random_init_top1 = state_dict.get("random_init_top1")
+        self.knn_history = [(int(s), float(v)) for s, v in state_dict.get("knn_history", [])]
 
 
 def held_out_top1(vit: nn.Module, bank_loader, query_loader, device: torch.device, k: int, temperature: float) -> float:

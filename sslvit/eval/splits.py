@@ -41,6 +41,19 @@ def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def split_urls(args: argparse.Namespace) -> dict[str, list[str]]:
+    """{"train": ..., "val": ...} shard URLs of ``--train`` / ``--val``, or of ``--data DIR``: the split sslvit fit
+    --data made of that folder of images, from the cache."""
+    if getattr(args, "data", None):
+        from sslvit.data.folder import folder_shards
+
+        shards = folder_shards(args.data)
+        if not shards.val:
+            raise ConfigError(f"--data {args.data!r}: no labelled held-out images (the folder has no class folders)")
+        args.train, args.val = shards.train, shards.val
+    return {"train": expand_urls(args.train, "--train"), "val": expand_urls(args.val, "--val")}
+
+
 def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
     """Both splits' ``spec`` features, for the arguments ``sslvit.cli.add_eval_arguments`` defines; user
     mistakes (paths, unlabelled or empty shards) are ``ConfigError``s."""
@@ -48,17 +61,17 @@ def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
     cache: Optional[FeatureCache] = None
     if not args.no_cache:  # a bad --cache-dir is told before minutes of extraction, not after
         cache = FeatureCache(ready_dir(args.cache_dir or default_cache_dir(), "--cache-dir"))
-    urls = {"train": expand_urls(args.train, "--train"), "val": expand_urls(args.val, "--val")}  # before the backbone loads
+    urls = split_urls(args)  # before the backbone loads
     vit = load_backbone(args.backbone).to(device())
     spec.check(vit)
     view = eval_view(vit)
     out, cached = {}, {}
-    for split, split_urls in urls.items():
-        def extract(split_urls=split_urls) -> Features:
-            loader = StreamLoader(EvalStream(split_urls, view, args.extract_batch_size), args.workers)
+    for split, shards in urls.items():
+        def extract(shards=shards) -> Features:
+            loader = StreamLoader(EvalStream(shards, view, args.extract_batch_size), args.workers)
             return gather_features(extract_features(vit, loader, device(), spec))
 
-        out[split], cached[split] = cached_features(cache, args.backbone, split_urls, view, spec, extract)
+        out[split], cached[split] = cached_features(cache, args.backbone, shards, view, spec, extract)
         f = out[split]
         if not f.keys:
             raise ConfigError(f"--{split}: no sample could be read from {' '.join(getattr(args, split))!r}"

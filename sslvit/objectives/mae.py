@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sslvit.checkpoint import backbone_entry, load_mae_init, restore_mae_decoder_table
 from sslvit.errors import ConfigError
-from sslvit.figures import denormalize, image_logger, save_rows
+from sslvit.figures import denormalize, image_loggers, save_rows
 from sslvit.losses.mae import mae_loss
 from sslvit.models.encoder import Encoder, EncoderConfig, compile_blocks_, encoder_config
 from sslvit.models.mae_decoder import MAEDecoder
@@ -134,7 +134,8 @@ class MAE(LightningModule):
         masked, recon = reconstruction_images(imgs, pred[:n], mask[:n], self.encoder.patch_size, self.hparams.norm_pix_loss)
         rows = [denormalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) for x in (imgs, masked, recon)]
         path = Path(self.trainer.default_root_dir) / "figures" / f"mae_reconstruction_step{self.global_step:07d}.png"
-        return save_rows(rows, path, image_logger(self.trainer), "mae/reconstruction", self.global_step)
+        return save_rows(rows, path, image_loggers(self.trainer), "mae/reconstruction", self.global_step,
+                         row_labels=("original", f"masked {self.hparams.mask_ratio:.0%}", "reconstruction"))
 
 
 def reconstruction_images(

@@ -9,6 +9,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from sslvit.errors import ConfigError
+
 
 def param_groups(module: nn.Module, weight_decay: float, exempt: Sequence[str]) -> list[dict]:
     """timm's two AdamW groups, named for the lr monitor: "decay" and "no_decay".
@@ -27,10 +29,17 @@ def param_groups(module: nn.Module, weight_decay: float, exempt: Sequence[str]) 
 
 def global_batch_size(trainer: Trainer, accumulate: Optional[int] = None) -> int:
     """Images per optimiser step: per-device batch x devices x nodes x accumulation (Lightning's
-    ``accumulate_grad_batches``, or ``accumulate`` for an objective that steps its optimiser itself)."""
+    ``accumulate_grad_batches``, or ``accumulate`` for an objective that steps its optimiser itself).  The
+    per-device batch is the datamodule's ``batch_size``, else the train DataLoader's."""
     per_device = getattr(trainer.datamodule, "batch_size", None)
+    if per_device is None:  # a plain Trainer with a DataLoader of dict batches: the loader says
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        loader = trainer.train_dataloader
+        per_device = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
     if per_device is None:
-        raise RuntimeError("the datamodule has no batch_size; the lr cannot be scaled")
+        raise ConfigError("the per-device batch size is unknown, so the lr cannot follow the global batch: give the "
+                          "train DataLoader a batch_size (or a datamodule with a batch_size attribute)")
     return per_device * trainer.world_size * (accumulate or trainer.accumulate_grad_batches)
 
 

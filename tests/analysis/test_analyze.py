@@ -19,7 +19,7 @@ from sslvit.export import export_backbone
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import MAE
 from tests.analysis.conftest import TINY_DECODER, save_like_fit
-from tests.helpers import exit_status, load_tool, tiny_encoder
+from tests.helpers import command, exit_status, tiny_encoder
 
 
 def test_layer_stats_do_not_depend_on_the_batch_size_and_leave_the_model_as_it_was():
@@ -40,7 +40,7 @@ def test_layer_stats_do_not_depend_on_the_batch_size_and_leave_the_model_as_it_w
 
 @pytest.fixture(scope="module")
 def tool():
-    return load_tool("analyze")
+    return command("analyze")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_user_mistakes_are_one_line_naming_them(tool, mae_checkpoint, tiny_shard
     status = exit_status(tool, base + args)  # a later --data or --out wins
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("analyze: error:") and culprit in lines[0]
+    assert lines[0].startswith("sslvit analyze: error:") and culprit in lines[0]
     assert not out.exists()
 
 

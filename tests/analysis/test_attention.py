@@ -1,6 +1,7 @@
 """[class]-token attention maps: recomputed from the block's own weights, the hooks cleaned up, the
 callback in a real fit, and the command-line tool on that fit's checkpoint."""
 
+import math
 import subprocess
 import sys
 from dataclasses import asdict
@@ -13,16 +14,18 @@ from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
 from sslvit.analysis.attention import AttentionMaps, attention_figure, cls_attention, heat
+from sslvit.cli.fit import main as fit
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.errors import ConfigError
-from sslvit.fit import main as fit
+from sslvit.figures import LABEL_ROW, MIN_TILE, PAD
 from sslvit.models.encoder import Encoder
 from sslvit.objectives import MAE
-from tests.helpers import exit_status, load_tool, tiny_encoder
+from tests.helpers import command, exit_status, tiny_encoder
 
 REPO = Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "attention_maps.py"
-CELL = 32 + 1  # make_grid's padding of 1 around each 32 px tile
+TOOL = ["-m", "sslvit", "attention"]
+TILE = 32 * math.ceil(MIN_TILE / 32)  # the 32 px images, enlarged (nearest) to be readable
+CELL = TILE + PAD  # make_grid's padding around each tile
 TINY = tiny_encoder(pos_embed="sincos")
 TINY_MAE = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2, recon_every_n_steps=0)
 RECIPE = {
@@ -94,7 +97,7 @@ def test_figure_has_a_row_per_image_and_a_column_per_head_plus_image_and_overlay
     attn = torch.rand(2, 3, 4, 4)
     path = attention_figure(torch.randn(2, 3, 32, 32), attn, tmp_path / "f.png", [0.5] * 3, [0.25] * 3)
     with Image.open(path) as img:
-        assert img.size == ((1 + 3 + 1) * CELL + 1, 2 * CELL + 1)
+        assert img.size == ((1 + 3 + 1) * CELL + PAD, 2 * CELL + PAD + LABEL_ROW)  # the heads labelled above
 
 
 class ModesAfterAttention(Callback):
@@ -132,11 +135,11 @@ def fitted(tmp_path_factory, tiny_shards) -> Path:
 
 def test_callback_in_a_recipe_writes_the_figure(fitted):
     with Image.open(fitted / "figures" / "attention_epoch000.png") as img:
-        assert img.size == ((1 + 2 + 1) * CELL + 1, 3 * CELL + 1)  # 3 images x (image, 2 heads, overlay)
+        assert img.size == ((1 + 2 + 1) * CELL + PAD, 3 * CELL + PAD + LABEL_ROW)  # 3 images x (image, 2 heads, overlay)
 
 
 def run_tool(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(TOOL), *args], cwd=REPO, text=True,
+    return subprocess.Popen([sys.executable, *TOOL, *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -152,17 +155,17 @@ def test_command_line_draws_a_checkpoint_and_names_a_missing_one(fitted, tiny_sh
     assert ok.returncode == 0, stderr
     assert stdout.strip() == str(out)
     with Image.open(out) as img:
-        assert img.size == ((1 + 2 + 1) * CELL + 1, 3 * CELL + 1)  # 1 file + 2 shard images
+        assert img.size == ((1 + 2 + 1) * CELL + PAD, 3 * CELL + PAD + LABEL_ROW)  # 1 file + 2 shard images
     _, stderr = missing.communicate(timeout=120)
     lines = stderr.strip().splitlines()
     assert missing.returncode == 2 and len(lines) == 1, stderr
-    assert lines[0].startswith("attention_maps: error:") and str(tmp_path / "nope.ckpt") in lines[0]
+    assert lines[0].startswith("sslvit attention: error:") and str(tmp_path / "nope.ckpt") in lines[0]
     assert not (tmp_path / "x.png").exists()
 
 
 @pytest.fixture(scope="module")
 def tool():
-    return load_tool("attention_maps")
+    return command("attention")
 
 
 @pytest.mark.parametrize("problem", ["image", "unreadable", "shards", "nothing", "out"])
@@ -180,7 +183,7 @@ def test_user_mistakes_are_one_line_naming_them(tool, fitted, tmp_path, capsys, 
     status = exit_status(tool, ["--backbone", ckpt, "--out", str(out), *args])  # a later --out wins
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("attention_maps: error:") and culprit in lines[0]
+    assert lines[0].startswith("sslvit attention: error:") and culprit in lines[0]
     assert not out.exists()
 
 

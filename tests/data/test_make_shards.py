@@ -18,10 +18,10 @@ from sslvit.data.shards import manifest_samples
 from sslvit.data.stream import IMAGE_EXTS, decode
 from sslvit.data.views import to_rgb
 from sslvit.errors import ConfigError
-from tests.helpers import exit_status, load_tool
+from tests.helpers import command, exit_status
 
 REPO = Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "make_shards.py"
+TOOL = ["-m", "sslvit", "shards"]
 
 
 def encode(mode: str, fmt: str, size: tuple[int, int] = (24, 16), seed: int = 0, **options) -> bytes:
@@ -204,7 +204,7 @@ def test_user_errors_name_the_path(tmp_path):
 
 
 def run_tool(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(TOOL), *args], cwd=REPO, text=True,
+    return subprocess.Popen([sys.executable, *TOOL, *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -217,13 +217,13 @@ def test_command_line_exit_codes(pets, tmp_path):
     assert "skipped cat/half.jpg: cannot decode" in stdout
     _, stderr = missing.communicate(timeout=60)
     assert missing.returncode == 2
-    assert stderr.strip().splitlines() == [f"make_shards: error: {tmp_path / 'nope'}: no such folder"]
+    assert stderr.strip().splitlines() == [f"sslvit shards: error: {tmp_path / 'nope'}: no such folder"]
 
 
 def test_command_line_bad_values_are_one_line(tmp_path, capsys):
-    tool = load_tool("make_shards")
+    tool = command("shards")
     for args, named in ((["--maxcount", "0"], "--maxcount"), (["--maxsize", "big"], "--maxsize"),
                         (["--classes", str(tmp_path / "none.json")], "none.json")):
         status = exit_status(tool, [str(tmp_path), str(tmp_path / "out"), *args])
         err = capsys.readouterr().err.strip().splitlines()
-        assert status == 2 and len(err) == 1 and err[0].startswith("make_shards: error:") and named in err[0], err
+        assert status == 2 and len(err) == 1 and err[0].startswith("sslvit shards: error:") and named in err[0], err

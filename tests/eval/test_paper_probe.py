@@ -11,7 +11,7 @@ from sslvit.checkpoint import load_backbone
 from sslvit.eval.features import FeatureSpec
 from sslvit.eval.linear import LinearHeads, heads_loss
 from sslvit.eval.paper_probe import PROTOCOLS, lr_factor, make_optimizer, paper_probe, protocol, train_step
-from tests.helpers import load_tool, on_two_ranks
+from tests.helpers import command, on_two_ranks
 
 
 def mae_lars_step(params: list, state: dict, lr: float, momentum: float = 0.9, trust: float = 0.001) -> None:
@@ -98,7 +98,7 @@ def test_two_ranks_train_the_heads_one_trains_on_the_whole_batch(tmp_path):
 
 @pytest.mark.parametrize("name", ["mae-paper", "dino-paper"])
 def test_the_tool_runs_the_papers_protocols(name, tiny_backbone, tiny_shards, tmp_path, capsys):
-    linear_probe = load_tool("linear_probe").main
+    linear_probe = command("probe").main
     argv = ["--backbone", str(tiny_backbone["export"]), "--train", *tiny_shards["train"], "--val", *tiny_shards["val"],
             "--workers", "0", "--protocol", name, "--epochs", "2", "--batch-size", "16", "--json",
             "--out", str(tmp_path / "out")]
@@ -115,7 +115,7 @@ def test_the_tool_runs_the_papers_protocols(name, tiny_backbone, tiny_shards, tm
 
 
 def test_few_shot_is_for_the_cached_protocols(tiny_backbone, tiny_shards, capsys):
-    linear_probe = load_tool("linear_probe").main
+    linear_probe = command("probe").main
     argv = ["--backbone", str(tiny_backbone["export"]), "--train", *tiny_shards["train"], "--val", *tiny_shards["val"],
             "--protocol", "dino-paper", "--few-shot", "1"]
     with pytest.raises(SystemExit) as stop:

@@ -1,4 +1,4 @@
-"""tools/knn_eval.py and tools/linear_probe.py on tiny shards: JSON output, the feature cache, user errors."""
+"""``sslvit knn`` and ``sslvit probe`` (and the old tools/knn_eval.py, a shim) on tiny shards: JSON output, the feature cache, user errors."""
 
 import json
 import subprocess
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 import sslvit.eval.splits
-from tests.helpers import load_tool, make_shards
+from tests.helpers import command, make_shards
 
 ROOT = Path(__file__).parent.parent.parent
 
 
 def tool(name: str):
-    return load_tool(name).main
+    return command(name).main
 
 
 def last_json(out: str) -> dict:
@@ -41,7 +41,7 @@ def test_knn_eval_as_a_subprocess(tiny_backbone, tiny_shards, tmp_path):
 
 def test_linear_probe_json_few_shot_and_figure(tiny_backbone, tiny_shards, tmp_path, capsys):
     args = common(tiny_backbone["export"], tiny_shards, tmp_path / "cache")
-    assert tool("linear_probe")([*args, "--epochs", "5", "--lrs", "0.01", "0.1", "--few-shot", "1", "2",
+    assert tool("probe")([*args, "--epochs", "5", "--lrs", "0.01", "0.1", "--few-shot", "1", "2",
                                  "--out", str(tmp_path / "out")]) == 0
     result = last_json(capsys.readouterr().out)
     assert 0 <= result["top1"] <= result["top5"] <= 1 and result["best_lr"] in (0.01, 0.1)
@@ -51,7 +51,7 @@ def test_linear_probe_json_few_shot_and_figure(tiny_backbone, tiny_shards, tmp_p
     assert (tmp_path / "out" / "confusion_matrix.png").is_file()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["top1"] == result["top1"]
     # DINO's protocol: the last 2 blocks' [class] tokens and the mean patch token, no BatchNorm
-    assert tool("linear_probe")([*args, "--protocol", "dino", "--blocks", "2", "--avgpool", "--epochs", "2"]) == 0
+    assert tool("probe")([*args, "--protocol", "dino", "--blocks", "2", "--avgpool", "--epochs", "2"]) == 0
     dino = last_json(capsys.readouterr().out)
     assert dino["features"] == "cls_last2+avgpool" and dino["feature_dim"] == 3 * 64 and len(dino["per_lr"]) == 13
 
@@ -59,7 +59,7 @@ def test_linear_probe_json_few_shot_and_figure(tiny_backbone, tiny_shards, tmp_p
 def test_features_come_from_the_cache_until_the_data_changes(tiny_backbone, tmp_path, capsys, monkeypatch):
     shards = {"train": make_shards(tmp_path / "d", "train", 32, seed=0), "val": make_shards(tmp_path / "d", "val", 16, seed=1)}
     args = [*common(tiny_backbone["ckpt"], shards, tmp_path / "cache"), "--k", "5"]
-    knn_eval = tool("knn_eval")
+    knn_eval = tool("knn")
     assert knn_eval(args) == 0
     first = last_json(capsys.readouterr().out)
     assert first["features_cached"] == {"train": False, "val": False}
@@ -81,7 +81,7 @@ def test_features_come_from_the_cache_until_the_data_changes(tiny_backbone, tmp_
     assert last_json(capsys.readouterr().out)["features_cached"] == {"train": False, "val": False}
 
 
-@pytest.mark.parametrize("name", ["knn_eval", "linear_probe"])
+@pytest.mark.parametrize("name", ["knn", "probe"])
 def test_user_errors_are_one_line_and_status_2(name, tiny_backbone, tiny_shards, tmp_path, capsys):
     ckpt = str(tiny_backbone["ckpt"])
     def args(backbone=ckpt, train=tiny_shards["train"]):
@@ -93,7 +93,7 @@ def test_user_errors_are_one_line_and_status_2(name, tiny_backbone, tiny_shards,
         (args(train=[str(tmp_path / "nope-{000..001}.tar")]), "nope-000.tar"),
         ([*args(), "--workers", "-1"], "--workers"),
     ]
-    if name == "knn_eval":
+    if name == "knn":
         cases += [([*args(), "--k", "0"], "--k"), ([*args(), "--k", "65"], "--k 65"), ([*args(), "--index", "hnsw"], "--index"),
                   ([*args(), "--cache-dir", ckpt], "--cache-dir")]
     else:
@@ -103,7 +103,7 @@ def test_user_errors_are_one_line_and_status_2(name, tiny_backbone, tiny_shards,
     for argv, culprit in cases:
         status = call(main, argv)
         err = capsys.readouterr().err.strip().splitlines()
-        assert status == 2 and len(err) == 1 and err[0].startswith(f"{name}: error:") and culprit in err[0], (argv, err)
+        assert status == 2 and len(err) == 1 and err[0].startswith(f"sslvit {name}: error:") and culprit in err[0], (argv, err)
 
 
 def call(main, argv) -> int:

@@ -34,8 +34,10 @@ def test_every_attention_uses_sdpa_and_adamw_is_fused(name):
 
 
 def test_fit_lets_fp32_matmuls_use_tf32(tmp_path):
-    from sslvit.fit import main
+    from sslvit.errors import ConfigError
+    from sslvit.fit import train
 
     torch.set_float32_matmul_precision("highest")
-    main([str(tmp_path / "missing.yaml")])  # stops at once, after the process-wide settings
+    with pytest.raises(ConfigError):
+        train([tmp_path / "missing.yaml"])  # stops at once, after the process-wide settings
     assert torch.get_float32_matmul_precision() == "high"
