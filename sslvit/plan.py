@@ -14,7 +14,9 @@ them), then sized for the data and the machine:
   tokens per image, and at most a quarter of the images per device, so that an epoch has some steps.  The lr
   follows the global batch (``sslvit.objectives.optim``), so the recipe's base lr stays right;
 * the schedule: ``--epochs`` with the recipe's warm-up and other epoch-counted phases scaled to keep their
-  share of the run; ``--budget`` stops the run at that time (``trainer.max_time``).
+  share of the run; ``--budget`` bounds it in time (``trainer.max_time``), and every per-step schedule (lr,
+  weight decay, teacher momentum) then ends with the budget or the epochs, whichever comes first
+  (``sslvit.objectives.optim.RunLength``).
 
 ``METHODS`` maps a method to its recipes: adding one is one line.
 """
@@ -204,8 +206,7 @@ def plan(data: str, method: str = "mae", model: Optional[str] = None, epochs: Op
         "default_root_dir": str(Path(out) if out else Path("runs") / src.resolve().name),
     }
     if max_time:
-        # The run stops at the budget; its lr and other schedules are still laid out over max_epochs.  Once
-        # sslvit has time-budget schedules (issue 20) they will follow the budget instead.
+        # the run stops at the budget, and its schedules end with it (or with max_epochs, if that comes first)
         trainer_over["max_time"] = max_time
     callbacks = [c for c in t_args.get("callbacks") or [] if not c["class_path"].endswith("KNNMonitor")]
     if shards.val:  # the k-NN figure on the held-out split, during training too (figures/curves.png)

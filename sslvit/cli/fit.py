@@ -47,7 +47,8 @@ def parser() -> OneLineParser:
                    help="with --data: tiny, small, base, large, huge, or e.g. vit_small_patch16_224 "
                         "(default: the method's recipe, smaller on a CPU)")
     p.add_argument("--epochs", type=int, metavar="N", help="with --data: passes over the images (default: the recipe's)")
-    p.add_argument("--budget", metavar="TIME", help="stop after this long, e.g. 90s, 3m, 2h, 1h30m (trainer.max_time)")
+    p.add_argument("--budget", metavar="TIME", help="train for at most this long, e.g. 90s, 3m, 2h, 1h30m "
+                                                    "(trainer.max_time: the lr and other schedules end with it)")
     p.add_argument("--out", metavar="DIR", help="the run folder (default: runs/<folder name> with --data; "
                                                 "else the recipe's trainer.default_root_dir)")
     p.add_argument("--resume", action="store_true", help="continue from <run folder>/checkpoints/last.ckpt")
