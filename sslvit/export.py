@@ -62,7 +62,9 @@ def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_siz
             raise ConfigError(f"--img-size {img_size} is not a positive multiple of the patch size {patch}")
         check_tokens(img_size, patch, f"--img-size {img_size}")  # before the table is resampled to that grid
         vit.set_input_size(img_size=img_size)
-    out = ready_dir(out_dir, "OUT_DIR")  # a file in the way is one line, before anything is written
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"OUT_DIR {str(out_dir)!r} is a file, not a folder")
+    out = ready_dir(out_dir, "OUT_DIR")  # one that cannot be made is one line too, before anything is written
     save_for_hf(vit, out, model_args=timm_model_args(vit), safe_serialization=True)
     with atomic_write(out / CARD, "w") as f:
         f.write(model_card(vit, Path(source), out, hub_id))

@@ -95,6 +95,8 @@ def folder_to_shards(
     random.Random(seed).shuffle(order)  # class-sorted folders would otherwise give one-class shards
     jobs = [(str(src / files[i][0]), resize_max) for i in order]
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: a file, not a folder to write shards into")
     try:
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=out))

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sslvit.data.augment import augment_seed, quantize
-from sslvit.data.shards import REMOTE_PREFIXES, group_samples
+from sslvit.data.shards import group_samples
 from sslvit.data.views import Encoded, load_rgb
 from sslvit.errors import ConfigError
 
@@ -77,7 +77,7 @@ def read_shards(urls: Iterable[str], skips: Skips) -> Iterator[dict]:
     it is, whatever its name holds (``wds.gopen`` would take 'a:b.tar' for a URL scheme)."""
     for url in urls:
         try:
-            local = not url.startswith(REMOTE_PREFIXES) and os.path.isfile(url.removeprefix("file:"))
+            local = os.path.isfile(url.removeprefix("file:"))  # an existing file is a file ('pipe:x.tar' too, as expand_urls)
             with (open(url.removeprefix("file:"), "rb") if local else wds.gopen(url, bufsize=1 << 16)) as stream:
                 yield from _samples(tar_members(stream), url)
         except Exception as err:  # cannot open, truncated tar, failing pipe: report it, read on
