@@ -205,7 +205,7 @@ def _folder_counts(folder: Path) -> dict[str, int]:
 
 
 _BASE_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: key up to the first '.' of the base name
-_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, not samples
+META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (__key__ ...), not samples
 
 
 def group_samples(names: Iterable[str]) -> Iterator[tuple[str, list[int]]]:
@@ -216,7 +216,7 @@ def group_samples(names: Iterable[str]) -> Iterator[tuple[str, list[int]]]:
     into or lost behind another."""
     key, suffixes, members = None, set(), []
     for i, name in enumerate(names):
-        match = None if _META.match(name) else _BASE_EXT.match(name)
+        match = None if META_MEMBER.match(name) else _BASE_EXT.match(name)
         if match is None:
             continue
         suffix = match.group(2).lower()

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sslvit.data.augment import augment_seed, quantize
-from sslvit.data.shards import group_samples
+from sslvit.data.shards import META_MEMBER, group_samples
 from sslvit.data.views import Encoded, load_rgb
 from sslvit.errors import ConfigError
 
@@ -115,7 +115,6 @@ class _Names:
 
 BLOCK = 512
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZ": "bz2", b"\xfd7": "lzma"}  # what tarfile's "r|*" also reads
-_META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata members, skipped as it skips them
 
 
 def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
@@ -158,7 +157,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         else:
             if kind in (b"0", b"\0", b"7"):
                 name = pax.get("path") or longname or _name(head)
-                if not _META.match(name):
+                if not META_MEMBER.match(name):  # WebDataset skips them too
                     yield name, data
             pax, longname = {}, None
         head = stream.read(BLOCK)

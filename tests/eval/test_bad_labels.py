@@ -66,3 +66,20 @@ def test_one_training_sample_or_one_class_is_one_line(labels):
                 lambda: few_shot(x, y, x, y, shots=[1], seeds=[0])):
         with pytest.raises(ConfigError, match="at least 2"):
             run()
+
+
+def test_the_papers_protocols_take_absurd_label_values_too(tmp_path):
+    import numpy as np
+
+    from sslvit.data.shards import write_shards
+    from sslvit.eval.features import FeatureSpec
+    from sslvit.eval.paper_probe import paper_probe, protocol
+    from sslvit.models.encoder import Encoder
+    from tests.helpers import smooth_image, tiny_encoder
+
+    rng = np.random.default_rng(0)
+    shards = write_shards(({"__key__": f"k{i}", "png": smooth_image(rng)[0], "cls": str([3, HUGE][i % 2]).encode()}
+                           for i in range(16)), tmp_path, "huge")
+    proto = protocol("dino-paper", spec=FeatureSpec(blocks=1), epochs=1, batch_size=8, lrs=[0.1])
+    result = paper_probe(Encoder(tiny_encoder()).vit, shards, shards, proto, torch.device("cpu"))
+    assert result["num_classes"] == 2 and result["top1"] is not None
