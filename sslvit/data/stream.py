@@ -6,9 +6,11 @@
 * ``EvalStream``: every sample exactly once over all ranks and workers, in a fixed order, with
   its key, for evaluation and feature extraction.
 
-Members stay bytes until we decode the image member with PIL and parse ``.cls`` as an
-integer; nothing else is looked at, so a ``.pyd``/``.pickle``/``.pth`` member is never
-unpickled (a sample without an image member is skipped and counted).
+Members stay bytes until we decode the image member with PIL and parse ``.cls`` as a class
+number (0 to 2^63 - 1; any other value skips the sample, counted and named with its value);
+nothing else is looked at, so a ``.pyd``/``.pickle``/``.pth`` member is never unpickled (a
+sample without an image member is skipped and counted).  Members are grouped into samples as
+``shards.group_samples`` says: a repeated member starts a new sample, it never costs the rest of the shard.
 A sample that cannot be decoded, or a shard that cannot be opened or read to its end, is
 skipped, counted and reported by URL and key; each batch carries the counts since the last
 one (``batch["skipped"]`` = [samples, shards]) so the trainer can add them up over workers
