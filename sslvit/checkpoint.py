@@ -16,6 +16,7 @@ instead: the target is always the old checkpoint or the new one, whole.  Object 
 """
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -81,16 +82,40 @@ def backbone_entry(prefix: str, encoder: Union[EncoderConfig, dict], num_classes
 
 
 def backbone_encoder(checkpoint: dict, source: str = "checkpoint") -> Encoder:
-    """The evaluation backbone the objective recorded in ``checkpoint``, weights loaded."""
+    """The evaluation backbone the objective recorded in ``checkpoint``, weights loaded.  The entry and the weights are
+    checked against each other before anything is allocated (the encoder is laid out on the meta device first): a
+    malformed entry, unknown or absurd encoder settings, or weights of another shape, depth or names are a
+    ``ConfigError`` naming ``source``."""
     info = checkpoint.get(BACKBONE_KEY)
     hparams = checkpoint.get("hyper_parameters") or {}
-    if not info and "encoder" in hparams and any(k.startswith("encoder.vit.") for k in checkpoint.get("state_dict", {})):
-        info = backbone_entry("encoder.", hparams["encoder"])  # an MAE checkpoint from before the entry existed
+    weights = checkpoint.get("state_dict")
+    if not isinstance(weights, dict):
+        raise ConfigError(f"{source} has no 'state_dict' of weights")
+    if not info and isinstance(hparams, dict) and "encoder" in hparams and any(str(k).startswith("encoder.vit.") for k in weights):
+        info = {"prefix": "encoder.", "encoder": hparams["encoder"]}  # an MAE checkpoint from before the entry existed
     if not info:
         raise ConfigError(f"{source} has no '{BACKBONE_KEY}' entry: it was not written by sslvit.fit")
-    encoder = Encoder(encoder_config(info["encoder"]), num_classes=info.get("num_classes", 0))
-    prefix = info["prefix"]
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not (isinstance(info, dict) and isinstance(info.get("prefix"), str) and isinstance(info.get("encoder"), (dict, EncoderConfig))
+            and type(info.get("num_classes", 0)) is int and info.get("num_classes", 0) >= 0):
+        raise ConfigError(f"{source}: its '{BACKBONE_KEY}' entry is not {{'prefix': str, 'encoder': {{settings}}, "
+                          f"'num_classes': int}}: {str(info)[:120]}")
+    try:
+        cfg = encoder_config(info["encoder"])
+    except TypeError as err:  # a setting EncoderConfig does not have
+        raise ConfigError(f"{source}: its encoder settings do not fit this sslvit: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    prefix, num_classes = info["prefix"], info.get("num_classes", 0)
+    state = {k[len(prefix):]: v for k, v in weights.items() if isinstance(k, str) and k.startswith(prefix)}
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"vit\.blocks\.(\d+)\.", k))}
+    if blocks != set(range(cfg.shape[1])):  # before laying out a depth nobody checked
+        raise ConfigError(f"{source}: its encoder settings say depth {cfg.shape[1]}, its weights hold {len(blocks)} blocks")
+    with torch.device("meta"):  # shapes only: no memory, whatever the settings say
+        layout = Encoder(cfg, num_classes=num_classes).state_dict()
+    problem = mismatch(layout, state)
+    if problem:
+        raise ConfigError(f"{source}: its weights do not match its encoder settings: {problem}")
+    encoder = Encoder(cfg, num_classes=num_classes)
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
 
@@ -259,13 +284,20 @@ def load_dino_init(student: nn.Module, teacher: nn.Module, center: torch.Tensor,
         raise ConfigError(f"{key}: {err}") from err
 
 
+def mismatch(target: dict, state: dict) -> str:
+    """What keeps ``state`` from loading into a module whose state dict is ``target`` (tensors of other shapes, missing
+    or unexpected names, values that are no tensors), in words; "" when it loads."""
+    wrong = [k for k, v in state.items() if k in target and (not isinstance(v, torch.Tensor) or v.shape != target[k].shape)]
+    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+    detail = ", ".join(f"{k} {list(getattr(state[k], 'shape', [type(state[k]).__name__]))} vs {list(target[k].shape)}"
+                       for k in wrong[:3])
+    return "; ".join(filter(None, [detail, f"missing {missing[:4]}" if missing else "",
+                                   f"unexpected {unexpected[:4]}" if unexpected else ""]))
+
+
 def _load_exactly(module: nn.Module, state: dict, what: str, keys: str) -> None:
     """``state`` into ``module``, every tensor matching: a mismatch names the recipe keys that set the shapes."""
-    target = module.state_dict()
-    wrong = [k for k, v in state.items() if k in target and v.shape != target[k].shape]
-    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
-    if wrong or missing or unexpected:
-        detail = ", ".join(f"{k} {list(state[k].shape)} vs {list(target[k].shape)}" for k in wrong[:3])
-        raise ConfigError(f"the {what} does not match {keys}: " + "; ".join(filter(None, [
-            detail, f"missing {missing[:4]}" if missing else "", f"unexpected {unexpected[:4]}" if unexpected else ""])))
+    problem = mismatch(module.state_dict(), state)
+    if problem:
+        raise ConfigError(f"the {what} does not match {keys}: {problem}")
     module.load_state_dict(state, strict=True)

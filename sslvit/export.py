@@ -21,7 +21,8 @@ from torch import nn
 
 from sslvit.checkpoint import load_backbone
 from sslvit.errors import ConfigError
-from sslvit.files import atomic_write
+from sslvit.files import atomic_write, ready_dir
+from sslvit.models.encoder import check_tokens
 from sslvit.models.pos_embed import materialize_pos_embed_
 from sslvit.summary import read_summary
 
@@ -59,8 +60,11 @@ def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_siz
         patch = vit.patch_embed.feat_ratio()  # pixels per token: the patch size or a hybrid stem's stride
         if img_size <= 0 or img_size % patch:
             raise ConfigError(f"--img-size {img_size} is not a positive multiple of the patch size {patch}")
+        check_tokens(img_size, patch, f"--img-size {img_size}")  # before the table is resampled to that grid
         vit.set_input_size(img_size=img_size)
-    out = Path(out_dir)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"OUT_DIR {str(out_dir)!r} is a file, not a folder")
+    out = ready_dir(out_dir, "OUT_DIR")  # one that cannot be made is one line too, before anything is written
     save_for_hf(vit, out, model_args=timm_model_args(vit), safe_serialization=True)
     with atomic_write(out / CARD, "w") as f:
         f.write(model_card(vit, Path(source), out, hub_id))

@@ -38,7 +38,7 @@ def read_image(path: str, view):
         raise ConfigError(f"--image {path!r} does not exist")
     try:
         return view(load_rgb(Image.open(path)))
-    except (OSError, ValueError) as err:  # not an image, truncated, a folder, an unknown mode
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, truncated, a folder, a bomb
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"--image {path!r} cannot be read: {reason}") from err
 

@@ -64,6 +64,7 @@ def evaluate(args: argparse.Namespace) -> str:
              f"{len(train.keys)}; features {splits.source()}, search {seconds:.1f} s",
              f"{'k':>6} {'top1':>8} {'top5':>8} {'recall':>8} {'mAP':>8}"]
     lines += [f"{k:>6} {r['top1']:>8.4f} {r['top5']:>8.4f} {r['recall']:>8.4f} {r['map']:>8.4f}" for k, r in per_k.items()]
+    lines += [splits.note] if splits.note else []
     if args.json:
         lines.append(json.dumps({
             "k": k0, "top1": per_k[k0]["top1"], "top5": per_k[k0]["top5"],

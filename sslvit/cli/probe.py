@@ -133,7 +133,7 @@ def evaluate(args: argparse.Namespace) -> str:
         cfg = ProbeConfig(lrs, args.epochs, args.batch_size, batchnorm=args.protocol == "mae", seed=args.seed)
         probe = linear_probe(train.feats, train.labels, val.feats, val.labels, cfg, device())
         result.update(epochs=args.epochs, batch_size=args.batch_size)
-    seconds, shots = time.perf_counter() - start, []
+    seconds, shots = time.perf_counter() - start, [splits.note] if splits.note else []
     if args.few_shot:
         seeds = [args.seed + i for i in range(args.few_shot_seeds)]
         found = few_shot(train.feats, train.labels, val.feats, val.labels, args.few_shot, seeds, l2_reg)
@@ -152,6 +152,7 @@ def report(args: argparse.Namespace, probe: Optional[dict], val_labels, result: 
     preds = None
     if probe is not None:
         preds, num_classes = probe.pop("preds"), probe.pop("num_classes")
+        val_labels = probe.pop("targets", val_labels)  # the fast probe's: columns of the train split's classes
         result.update(probe)
         lrs = [float(lr) for lr in probe["per_lr"]]
         lines += [f"{'lr':>8} {'top1':>8} {'top5':>8}"]

@@ -121,11 +121,22 @@ class ShardDataModule(LightningDataModule):
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """An objective that trains on labels (``needs_labels``) gets only labelled batches: checked here, on
-        the host, where the check does not wait for the GPU."""
+        the host, where the check does not wait for the GPU.
+        A sample whose class is not below the head's ``model.num_classes`` is taken out of the batch, named and counted
+        with the samples the stream skipped (the stream itself has already skipped labels no class can have)."""
         module = self.trainer.lightning_module if self.trainer else None
-        if getattr(module, "needs_labels", False) and isinstance(batch, dict) and bool((batch["label"] < 0).any()):
+        if not (getattr(module, "needs_labels", False) and isinstance(batch, dict) and "label" in batch):
+            return batch
+        if bool((batch["label"] < 0).any()):
             raise ConfigError(f"{type(module).__name__} trains on labels: every sample needs a .cls; "
                               f"{int((batch['label'] < 0).sum())} of a batch of {len(batch['label'])} have none")
+        classes = module.hparams.get("num_classes")
+        over = [i for i, y in enumerate(batch["label"].tolist()) if classes is not None and y >= classes]
+        if len(over) == len(batch["label"]):
+            i = over[0]
+            raise ConfigError(f"every sample of a batch has a class >= model.num_classes={classes}, e.g. "
+                              f"{batch['url'][i]}:{batch['key'][i]} .cls {int(batch['label'][i])}: is num_classes right?")
+        _drop(batch, over, [f".cls {int(batch['label'][i])} is not below model.num_classes={classes}" for i in over])
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -145,12 +156,12 @@ class ShardDataModule(LightningDataModule):
         return batch
 
 
-def _drop(batch: dict, failed: list[int]) -> None:
-    """Takes the samples the device could not decode out of the batch, names and counts them."""
+def _drop(batch: dict, failed: list[int], reasons: Optional[list[str]] = None) -> None:
+    """Takes samples out of the batch (by default those the device could not decode), names and counts them."""
     if not failed:
         return
-    for i in failed:
-        rank_zero_warn(f"skipped {batch['url'][i]}:{batch['key'][i]}: the device could not decode its JPEG")
+    for i, reason in zip(failed, reasons or ["the device could not decode its JPEG"] * len(failed)):
+        rank_zero_warn(f"skipped {batch['url'][i]}:{batch['key'][i]}: {reason}")
     keep = [i for i in range(len(batch["key"])) if i not in set(failed)]
     index = torch.tensor(keep, device=batch["label"].device)
     images = batch["image"]

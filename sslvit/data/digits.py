@@ -6,13 +6,14 @@ default ``~/.cache/sslvit``) and named in recipes as ``digits:train`` and ``digi
 """
 
 import io
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
-from sslvit.data.shards import ShardWriter, register_embedded, shard_pattern, update_manifest
+from sslvit.data.shards import ShardWriter, checked_shards, register_embedded, shard_pattern, update_manifest
 from sslvit.errors import ConfigError
 from sslvit.files import atomic_folder, cache_root
 
@@ -31,8 +32,10 @@ def _png(pixels: np.ndarray) -> bytes:
 def digits_shards(root: Optional[Path] = None) -> Path:
     """The folder holding ``train-*.tar``, ``val-*.tar`` and ``manifest.json``; written on first use."""
     out = (root or cache_root()) / "digits-v1"
-    if (out / "manifest.json").is_file():
+    if checked_shards(out) is not None:
         return out
+    if out.exists():  # damaged (a shard gone, truncated or replaced, a broken manifest): written again
+        shutil.rmtree(out)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from sslvit.data.shards import MANIFEST, ShardWriter, read_manifest, shard_pattern, update_manifest
+from sslvit.data.shards import ShardWriter, checked_shards, read_manifest, shard_pattern, update_manifest
 from sslvit.data.stream import IMAGE_EXTS
 from sslvit.data.views import to_rgb
 from sslvit.errors import ConfigError
@@ -94,8 +95,13 @@ def folder_to_shards(
     random.Random(seed).shuffle(order)  # class-sorted folders would otherwise give one-class shards
     jobs = [(str(src / files[i][0]), resize_max) for i in order]
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=out))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: a file, not a folder to write shards into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=out))
+    except OSError as err:  # a file in the way, no permission, a read-only or full file system
+        raise ConfigError(f"{out}: cannot write shards there: {err.strerror or err}") from None
     writer = ShardWriter(tmp, prefix, maxcount, int(maxsize_mb * 2**20))
     loaded = _load_all(jobs, os.cpu_count() if workers is None else workers, progress, prefix)
     try:  # the shards go to a hidden temporary folder first: a failure leaves OUT as it was
@@ -116,20 +122,24 @@ def folder_to_shards(
             os.replace(tmp / name, out / name)
         for name in old - set(writer.counts):
             (out / name).unlink()
+        skipped.sort(key=lambda s: s["path"])
+        classes_file = out / f"{prefix}-classes.json"
+        if classes is not None:
+            write_json(classes_file, classes)
+        elif classes_file.exists():  # from an earlier, labelled run of this prefix
+            classes_file.unlink()
+        record = dict(source=str(src.resolve()), samples=sum(writer.counts.values()), classes=classes, skipped=skipped,
+                      resize_max=resize_max, maxcount=maxcount, maxsize_mb=maxsize_mb, seed=seed)
+        update_manifest(out, shard_pattern(prefix).fullmatch, writer.counts, {prefix: record})
+    except OSError as err:  # the disk filled up, the folder went read-only or away: nothing half-written is left
+        raise ConfigError(f"{out}: cannot write shards there: {err.strerror or err}") from None
     finally:
         loaded.close()  # ends the worker pool, also after a failure
-        writer.close()
+        try:
+            writer.close()
+        except OSError:
+            pass  # (the failure above already says why)
         shutil.rmtree(tmp, ignore_errors=True)
-
-    skipped.sort(key=lambda s: s["path"])
-    classes_file = out / f"{prefix}-classes.json"
-    if classes is not None:
-        write_json(classes_file, classes)
-    elif classes_file.exists():  # from an earlier, labelled run of this prefix
-        classes_file.unlink()
-    record = dict(source=str(src.resolve()), samples=sum(writer.counts.values()), classes=classes, skipped=skipped,
-                  resize_max=resize_max, maxcount=maxcount, maxsize_mb=maxsize_mb, seed=seed)
-    update_manifest(out, shard_pattern(prefix).fullmatch, writer.counts, {prefix: record})
     return ShardSet(out, prefix, dict(writer.counts), skipped, classes)
 
 
@@ -155,7 +165,10 @@ def folder_shards(src: Union[str, Path], *, holdout: float = HOLDOUT, resize_max
         (name, path, *_stat(parts[name] / path)) for name, files in listing.items() for path, _ in files)]).encode())
     name = re.sub(r"[^\w.-]", "_", src.resolve().name) or "folder"
     out = folder_shards_dir() / f"{name}-{stamp.hexdigest()[:16]}"
-    if not (out / MANIFEST).is_file():
+    manifest = checked_shards(out)
+    if manifest is None or "train" not in manifest.get("sets", {}):
+        if out.exists():  # damaged (a shard gone, truncated or replaced, a broken manifest): written again
+            shutil.rmtree(out)
         n = sum(len(files) for files in listing.values())
         settings = dict(maxcount=max(100, min(10000, -(-n // 64))), resize_max=resize_max, workers=workers,
                         progress=progress)  # about 64 shards, so that ranks x workers each read their own
@@ -170,8 +183,8 @@ def folder_shards(src: Union[str, Path], *, holdout: float = HOLDOUT, resize_max
                 train = folder_to_shards(src, tmp, "train", keep=lambda path: not held(path), **settings)
                 if any(held(path) for path, _ in listing["train"]):
                     folder_to_shards(src, tmp, "val", keep=held, classes=train.classes, **settings)
-    manifest = json.loads((out / MANIFEST).read_text())
-    sets = manifest.get("sets", {})
+        manifest = read_manifest(out)
+    sets = manifest["sets"]
     shards = sorted(manifest["shards"])
     split = {s: [str(out / f) for f in shards if shard_pattern(s).fullmatch(f)] for s in ("train", "val")}
     return FolderShards(out, split["train"], split["val"], sets["train"].get("classes"),
@@ -201,14 +214,35 @@ def list_images(
     if not folders:
         if classes is not None:
             raise ConfigError(f"{src}: a class list was given, but there are no class folders")
-        return [(name, -1) for name in loose], [], None
+        return _regular(src, [(name, -1) for name in loose], []) + (None,)
     classes = folders if classes is None else _check_classes(classes, "the class list")
     label = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in folders if name not in label]
     if unknown:
         raise ConfigError(f"{src / unknown[0]}: class folder {unknown[0]!r} is not in the class list of {len(classes)}")
     files = [(path, label[name]) for name in folders for path in _walk(src, name)]
-    return files, [{"path": name, "reason": "outside any class folder"} for name in loose], list(classes)
+    return _regular(src, files, [{"path": name, "reason": "outside any class folder"} for name in loose]) + (list(classes),)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def _regular(src: Path, files: list[tuple[str, int]], skipped: list[dict]) -> tuple[list[tuple[str, int]], list[dict]]:
+    """The files that are regular files (followed through links), and the rest added to ``skipped`` with what they
+    are: reading a FIFO waits forever, and a link to /dev/zero never ends."""
+    kept = []
+    for path, label in files:
+        try:
+            mode = os.stat(src / path).st_mode
+        except OSError as err:  # a broken link, a file gone meanwhile
+            skipped.append({"path": path, "reason": f"cannot read: {err.strerror or err}"})
+            continue
+        if stat.S_ISREG(mode):
+            kept.append((path, label))
+        else:
+            skipped.append({"path": path, "reason": f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special')})"})
+    return kept, skipped
 
 
 def _walk(src: Path, folder: str) -> Iterator[str]:

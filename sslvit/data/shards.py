@@ -20,7 +20,7 @@ import re
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import braceexpand
 import webdataset as wds
@@ -59,6 +59,10 @@ def expand_urls(spec: ShardSpec, key: str = "data.train_shards") -> list[str]:
             continue
         if os.path.isdir(os.path.expanduser(pattern)):
             raise ConfigError(folder_hint(pattern, key))
+        literal = os.path.expanduser(pattern.removeprefix("file:"))
+        if os.path.isfile(literal):  # a file, whatever its name holds ('[', '{', ',', ':'): not a pattern
+            urls.append(literal)
+            continue
         for url in braceexpand.braceexpand(pattern):
             if url.startswith(REMOTE_PREFIXES):
                 urls.append(url)
@@ -82,9 +86,9 @@ def read_manifest(folder: Union[str, Path]) -> dict:
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: cannot read the shard manifest: {err}") from None
     shards = manifest.get("shards", {}) if isinstance(manifest, dict) else None
-    if not isinstance(shards, dict):
-        raise ConfigError(f"{path}: not a shard manifest (a JSON object with a 'shards' object)")
-    bad = next((name for name, n in shards.items() if not isinstance(n, int) or isinstance(n, bool) or n < 0), None)
+    if not isinstance(shards, dict) or not isinstance(manifest.get("sets", {}), dict):
+        raise ConfigError(f"{path}: not a shard manifest (a JSON object with a 'shards' object, and 'sets' an object)")
+    bad = next((name for name, n in shards.items() if not _count(n)), None)
     if bad is not None:
         raise ConfigError(f"{path}: shard {bad!r} has count {shards[bad]!r}, not a whole number >= 0")
     return manifest
@@ -141,7 +145,7 @@ def read_wids(path: Path, key: str = "data.train_shards") -> dict[str, int]:
     counts = {}
     for entry in index["shardlist"]:
         url, n = (entry.get("url"), entry.get("nsamples")) if isinstance(entry, dict) else (None, None)
-        if not isinstance(url, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if not isinstance(url, str) or not _count(n):
             raise ConfigError(f"{key}: {path}: shard entry {str(entry)[:80]} needs a \"url\" and \"nsamples\" >= 0")
         absolute = url.startswith(REMOTE_PREFIXES) or os.path.isabs(url)
         counts[url if absolute else (base.rstrip("/") + "/" + url)] = n
@@ -200,22 +204,39 @@ def _folder_counts(folder: Path) -> dict[str, int]:
     return _FOLDERS[stamp]
 
 
+_BASE_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: key up to the first '.' of the base name
+META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (__key__ ...), not samples
+
+
+def group_samples(names: Iterable[str]) -> Iterator[tuple[str, list[int]]]:
+    """(key, indices of its members) of each sample in a tar's member names, in order: WebDataset's rule, consecutive
+    members sharing a key (``__*__`` meta members and names without an extension are no sample's).  A member whose
+    extension the sample already holds starts a new sample with the same key, as a key that comes back after another
+    does (webdataset raises there, and its reader then drops the rest of the shard); a sample is never merged
+    into or lost behind another."""
+    key, suffixes, members = None, set(), []
+    for i, name in enumerate(names):
+        match = None if META_MEMBER.match(name) else _BASE_EXT.match(name)
+        if match is None:
+            continue
+        suffix = match.group(2).lower()
+        if match.group(1) != key or suffix in suffixes:
+            if members:
+                yield key, members
+            key, suffixes, members = match.group(1), set(), []
+        suffixes.add(suffix)
+        members.append(i)
+    if members:
+        yield key, members
+
+
 def tar_samples(path: Union[str, Path]) -> int:
-    """Samples in a tar shard as webdataset groups them (consecutive members sharing the name up to the
-    first '.' of their base name; ``__*__`` meta members and names without an extension are not samples),
-    from the headers alone: no member is read."""
-    n, last = 0, None
+    """Samples in a tar shard as the stream groups them (``group_samples``), from the headers alone: no member is read."""
     try:
         with tarfile.open(path, "r:*") as tar:  # an uncompressed tar is walked by seeking from header to header
-            for member in tar:
-                if not member.isreg() or re.match(r"__[^/]*__($|/)", member.name):
-                    continue
-                match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", member.name)  # webdataset's base_plus_ext
-                if match and match.group(1) != last:
-                    n, last = n + 1, match.group(1)
+            return sum(1 for _ in group_samples(m.name for m in tar if m.isreg()))
     except (OSError, tarfile.TarError, EOFError) as err:
         raise ConfigError(f"{path}: cannot count the samples of this shard: {str(err).splitlines()[0] if str(err) else err!r}")
-    return n
 
 
 def tar_counts(paths: Sequence[str]) -> list[int]:
@@ -232,7 +253,7 @@ def tar_counts(paths: Sequence[str]) -> list[int]:
     for p in paths:
         st = os.stat(p)
         keys.append(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}")
-    todo = [(k, p) for k, p in zip(keys, paths) if not isinstance(cache.get(k), int)]
+    todo = [(k, p) for k, p in zip(keys, paths) if not _count(cache.get(k))]  # a damaged entry is counted again
     if todo:
         with ThreadPoolExecutor(min(16, len(todo))) as pool:
             counted = list(pool.map(tar_samples, [p for _, p in todo]))
@@ -244,6 +265,28 @@ def tar_counts(paths: Sequence[str]) -> list[int]:
         except OSError:
             pass  # a read-only cache only costs a recount
     return [cache[k] for k in keys]
+
+
+def _count(n) -> bool:
+    """Whether ``n`` is a sample count: a whole number >= 0 (JSON gives floats, strings, booleans too)."""
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def checked_shards(folder: Path) -> Optional[dict]:
+    """The manifest of a folder of shards written once into the cache (the digits, ``sslvit fit --data``), if it holds
+    what it claims: a manifest that reads, and every shard it lists there with the count it gives (the tar headers,
+    counted once per change of the file).  None otherwise: the folder is written again."""
+    try:
+        manifest = read_manifest(folder)
+        shards = manifest.get("shards")
+        names = sorted(shards or {})
+        if not names or not all((Path(folder) / n).is_file() for n in names):
+            return None
+        if tar_counts([str(Path(folder) / n) for n in names]) != [shards[n] for n in names]:
+            return None
+        return manifest
+    except (ConfigError, OSError):
+        return None
 
 
 def train_urls_and_samples(spec: ShardSpec, epoch_samples: Optional[int] = None,

@@ -6,9 +6,11 @@
 * ``EvalStream``: every sample exactly once over all ranks and workers, in a fixed order, with
   its key, for evaluation and feature extraction.
 
-Members stay bytes until we decode the image member with PIL and parse ``.cls`` as an
-integer; nothing else is looked at, so a ``.pyd``/``.pickle``/``.pth`` member is never
-unpickled (a sample without an image member is skipped and counted).
+Members stay bytes until we decode the image member with PIL and parse ``.cls`` as a class
+number (0 to 2^63 - 1; any other value skips the sample, counted and named with its value);
+nothing else is looked at, so a ``.pyd``/``.pickle``/``.pth`` member is never unpickled (a
+sample without an image member is skipped and counted).  Members are grouped into samples as
+``shards.group_samples`` says: a repeated member starts a new sample, it never costs the rest of the shard.
 A sample that cannot be decoded, or a shard that cannot be opened or read to its end, is
 skipped, counted and reported by URL and key; each batch carries the counts since the last
 one (``batch["skipped"]`` = [samples, shards]) so the trainer can add them up over workers
@@ -18,6 +20,7 @@ and ranks.
 import importlib
 import io
 import itertools
+import os
 import random
 import re
 import warnings
@@ -29,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sslvit.data.augment import augment_seed, quantize
+from sslvit.data.shards import META_MEMBER, group_samples
 from sslvit.data.views import Encoded, load_rgb
 from sslvit.errors import ConfigError
 
@@ -71,19 +75,48 @@ def _reason(err: BaseException) -> str:
 
 def read_shards(urls: Iterable[str], skips: Skips) -> Iterator[dict]:
     """Raw samples (``__key__``, ``__url__`` and image/cls bytes) of each shard in turn: the members of
-    a tar grouped into samples by WebDataset's rule (``group_by_keys``)."""
+    a tar grouped into samples by WebDataset's rule (``shards.group_samples``).  A local shard is opened as the file
+    it is, whatever its name holds (``wds.gopen`` would take 'a:b.tar' for a URL scheme)."""
     for url in urls:
         try:
-            with wds.gopen(url, bufsize=1 << 16) as stream:
-                members = ({"fname": name, "data": data, "__url__": url} for name, data in tar_members(stream))
-                yield from wds.tariterators.group_by_keys(members)
+            local = os.path.isfile(url.removeprefix("file:"))  # an existing file is a file ('pipe:x.tar' too, as expand_urls)
+            with (open(url.removeprefix("file:"), "rb") if local else wds.gopen(url, bufsize=1 << 16)) as stream:
+                yield from _samples(tar_members(stream), url)
         except Exception as err:  # cannot open, truncated tar, failing pipe: report it, read on
             skips.shard(url, err)
 
 
+def _samples(members: Iterator[tuple[str, bytes]], url: str) -> Iterator[dict]:
+    """A shard's members -> samples, each as soon as its last member is read."""
+    pending: list[tuple[str, bytes]] = []  # the members read since the last sample was handed on
+    names = _Names(pending, members)
+    for key, indices in group_samples(names):
+        sample = {"__key__": key, "__url__": url}
+        for i in indices:
+            name, data = pending[i - names.start]
+            sample[name[len(key) + 1:].lower()] = data
+        names.drop(indices[-1] + 1)  # the next sample's first member, read to end this one, stays
+        yield sample
+
+
+class _Names:
+    """The member names for ``group_samples``, read one at a time, their bytes kept in ``pending`` until dropped."""
+
+    def __init__(self, pending: list, members: Iterator[tuple[str, bytes]]) -> None:
+        self.pending, self.members, self.start = pending, members, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for name, data in self.members:
+            self.pending.append((name, data))
+            yield name
+
+    def drop(self, upto: int) -> None:
+        del self.pending[: upto - self.start]
+        self.start = upto
+
+
 BLOCK = 512
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZ": "bz2", b"\xfd7": "lzma"}  # what tarfile's "r|*" also reads
-_META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata members, skipped as it skips them
 
 
 def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
@@ -126,7 +159,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         else:
             if kind in (b"0", b"\0", b"7"):
                 name = pax.get("path") or longname or _name(head)
-                if not _META.match(name):
+                if not META_MEMBER.match(name):  # WebDataset skips them too
                     yield name, data
             pax, longname = {}, None
         head = stream.read(BLOCK)
@@ -209,8 +242,19 @@ def decode(sample: dict) -> tuple[Image.Image, int]:
     return load_rgb(open_image(sample)), label_of(sample)
 
 
+INT64_MAX = 2**63 - 1
+
+
 def label_of(sample: dict) -> int:
-    return int(sample["cls"]) if "cls" in sample else -1
+    """The sample's class from its ``.cls`` member (-1 where it has none); one that is not a whole number from 0 to
+    2^63 - 1 (what a label tensor holds) raises, so that the sample is skipped and counted with its value."""
+    if "cls" not in sample:
+        return -1
+    text = sample["cls"].decode("utf-8", "replace").strip()
+    match = re.fullmatch(r"\+?0*([0-9]{1,19})", text)
+    if match is None or int(match.group(1)) > INT64_MAX:
+        raise ValueError(f".cls {text[:40]!r} is not a class number from 0 to 2^63 - 1")
+    return int(match.group(1))
 
 
 def apply_view(sample: dict, view: Callable) -> tuple:

@@ -24,7 +24,7 @@ import math
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 from torchvision import io as tv_io
 from torchvision.transforms.v2 import functional as F
@@ -35,13 +35,19 @@ DECODES = ("cpu", "device")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode (1, L, LA, P, RGBA, CMYK, I;16, ...) -> RGB."""
+    """Any PIL mode (1, L, LA, La, P, PA, RGBA, RGBa, CMYK, I;16 in either byte order, I, F, ...) -> RGB, as an image
+    viewer shows it: transparency over white, 16-bit and 32-bit integers scaled from their 16-bit range, floats from
+    [0, 1] (TIFF's SampleFormat=float convention), each channel clipped to 0..255."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16") and img.mode != "I;16":  # big-endian / named little-endian: PIL's point needs I;16 or I
+        img = img.convert("I")
+    if img.mode in ("I;16", "I"):
         img = img.point(lambda v: v * (1 / 256)).convert("L")  # a linear map: PIL runs it in C
-    elif img.mode in ("P", "LA", "RGBA", "PA"):  # transparency over white, not black
-        rgba = img.convert("RGBA")
+    elif img.mode == "F":  # float samples: [0, 1] is black to white
+        img = img.point(lambda v: v * 255).convert("L")
+    elif img.mode in ("P", "LA", "La", "RGBA", "RGBa", "PA"):  # transparency over white, not black
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")  # (PIL has no La -> RGBA)
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB")
@@ -49,12 +55,37 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_rgb(img: Image.Image, min_scale: float = 1.0) -> Image.Image:
     """Decode ``img`` (opened, not yet loaded) as RGB, shrunk by libjpeg by the largest power of
-    two <= ``1 / min_scale`` when it is a JPEG.  ``img.size`` afterwards is the decoded size."""
+    two <= ``1 / min_scale`` when it is a JPEG, and turned upright as its EXIF orientation says (as a viewer
+    shows it).  ``img.size`` afterwards is the decoded size."""
     if img.format == "JPEG" and min_scale < 1.0:
         w, h = img.size
         img.draft(img.mode if img.mode != "YCbCr" else "RGB", (math.ceil(w * min_scale), math.ceil(h * min_scale)))
     img.load()
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        ImageOps.exif_transpose(img, in_place=True)
     return to_rgb(img)
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def exif_orientation(app1: bytes) -> int:
+    """The orientation (1: upright) in a JPEG's APP1 segment body ("Exif", two zero bytes, a TIFF header, IFD0), 1 where
+    there is none or it does not parse."""
+    if not app1.startswith(b"Exif\0\0") or len(app1) < 14:
+        return 1
+    tiff = app1[6:]
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for i in range(int.from_bytes(tiff[ifd : ifd + 2], order)):
+        entry = tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        if len(entry) == 12 and int.from_bytes(entry[:2], order) == ORIENTATION:
+            return int.from_bytes(entry[8:10], order)  # a SHORT, left-aligned in the value field
+    return 1
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # start-of-frame markers
@@ -62,7 +93,7 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 
 def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
     """(width, height) from a JPEG's frame header, or None if ``data`` does not read as a JPEG that far
-    (then PIL opens it, and says what is wrong)."""
+    (then PIL opens it, and says what is wrong) or its EXIF orientation turns it (then PIL turns it upright)."""
     if data[:2] != b"\xff\xd8":
         return None
     i, n = 2, len(data)
@@ -81,7 +112,10 @@ def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
             continue
         if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
             return None
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xE1 and exif_orientation(data[i + 4 : i + 2 + length]) != 1:
+            return None  # turned by its EXIF orientation: PIL decodes it and turns it upright (load_rgb)
+        i += 2 + length
     return None
 
 

@@ -8,8 +8,8 @@ or a shard changes its modification time, so the key changes and the features ar
 Remote shards (``pipe:``, http) and timm names (``hf-hub:``, a hub name) are keyed by name alone: pass ``--no-cache``
 after changing one in place.
 
-A cache entry is ``<key>.pt`` (``feats``, ``labels``, ``keys``, ``skipped``; read with
-``weights_only=True``) and ``<key>.json`` saying what it holds, both written atomically.
+A cache entry is ``<key>.pt`` (``feats``, ``labels``, ``keys``, ``skipped``, ``key``; read with
+``weights_only=True`` and used only when it is this key's and its rows agree) and ``<key>.json`` saying what it holds, both written atomically.
 """
 
 import hashlib
@@ -25,7 +25,7 @@ from sslvit.data.shards import REMOTE_PREFIXES
 from sslvit.eval.features import Features, FeatureSpec
 from sslvit.files import atomic_write, features_cache_dir
 
-VERSION = 1  # bump when extraction changes what it computes
+VERSION = 2  # bump when extraction changes what it computes (2: entries name their key)
 
 
 def default_cache_dir() -> Path:
@@ -72,17 +72,23 @@ class FeatureCache:
         return self.folder / f"{key}.pt"
 
     def load(self, key: str) -> Optional[Features]:
-        """The entry, or None when there is none or it cannot be read (then it is extracted again)."""
+        """The entry, or None when there is none, it cannot be read, or it does not hold what it claims: the entry
+        of this key (another file copied into its place is not), rows of features, labels and keys that agree
+        (then it is extracted again)."""
         try:
             d = torch.load(self.path(key), map_location="cpu", weights_only=True)
-            return Features(d["feats"], d["labels"], list(d["keys"]), int(d["skipped"]))
+            feats, labels, keys, skipped = d["feats"], d["labels"], list(d["keys"]), int(d["skipped"])
+            whole = (d.get("key") == key and feats.dim() == 2 and feats.is_floating_point() and labels.dim() == 1
+                     and labels.dtype == torch.int64 and len(feats) == len(labels) == len(keys)
+                     and all(isinstance(k, str) for k in keys) and skipped >= 0)
+            return Features(feats, labels, keys, skipped) if whole else None
         except Exception:  # missing, truncated, foreign (torch.load raises many kinds): a miss, extracted again
             return None
 
     def save(self, key: str, features: Features, about: dict) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path(key)) as f:
-            torch.save(dict(features._asdict()), f)
+            torch.save({**features._asdict(), "key": key}, f)
         about = {**about, "rows": len(features.keys), "dim": features.feats.shape[1], "skipped": features.skipped,
                  "written": time.strftime("%Y-%m-%d %H:%M:%S")}
         with atomic_write(self.folder / f"{key}.json", "w") as f:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from sslvit.errors import ConfigError
+from sslvit.eval.classes import train_classes, with_absent
 
 BIAS_CONSTANT = 100.0  # big_vision: a constant feature for the bias, large so it is almost unregularised
 L2_REG = 2.0**10  # big_vision's ViT few-shot configs
@@ -74,14 +75,15 @@ def few_shot(
     shots: Sequence[int] = SHOTS, seeds: Sequence[int] = (0, 1, 2), l2: float = L2_REG,
 ) -> dict[int, dict]:
     """Per N: top-1 and top-5 on val, the mean over ``seeds`` and each seed's top-1."""
-    c = int(max(train_y.max(), val_y.max())) + 1
+    classes = train_classes(train_y, "the few-shot train split")  # columns of train's classes (sslvit.eval.classes)
+    train_y, val_y, c = classes.index(train_y), classes.index(val_y), classes.n
     out = {}
     for n in shots:
         top1, top5 = [], []
         for seed in seeds:
             idx = few_shot_indices(train_y, n, seed)
-            scores = RidgeClassifier(train_x[idx], train_y[idx], c, l2).scores(val_x)  # [N_val, C]
-            top1.append(float(multiclass_accuracy(scores, val_y, c, top_k=1, average="micro")))
-            top5.append(float(multiclass_accuracy(scores, val_y, c, top_k=min(5, c), average="micro")))
+            scores = with_absent(RidgeClassifier(train_x[idx], train_y[idx], c, l2).scores(val_x))  # [N_val, C + 1]
+            top1.append(float(multiclass_accuracy(scores, val_y, c + 1, top_k=1, average="micro")))
+            top5.append(float(multiclass_accuracy(scores, val_y, c + 1, top_k=classes.top_k(5), average="micro")))
         out[n] = {"top1": sum(top1) / len(top1), "top5": sum(top5) / len(top5), "top1_per_seed": top1}
     return out

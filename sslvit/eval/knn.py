@@ -14,13 +14,12 @@ from typing import Iterator, Optional, Sequence
 import faiss
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics.aggregation import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from sslvit.errors import ConfigError
-from sslvit.eval.features import collective_device, distributed
+from sslvit.eval.classes import train_classes
+from sslvit.eval.features import collective_device
 from sslvit.eval.retrieval import average_precision, hit_rate
 
 ADD_ROWS = 65536  # the bank goes into the index in blocks: memory is the index plus one normalised block
@@ -96,7 +95,7 @@ def knn_scores(
     num_classes: Optional[int] = None,
     chunk: int = 4096,
 ) -> torch.Tensor:
-    """Class scores [Q, C]: sum over the k nearest bank items of exp(cos / T), per label (k at most M)."""
+    """Class scores [Q, C]: sum over the k nearest bank items of exp(cos / T), per label 0..C-1 (k at most M)."""
     num_classes = num_classes or int(bank_labels.max()) + 1
     k = min(k, bank.shape[0])
     index = build_index(bank)
@@ -108,20 +107,22 @@ def check_labelled(*labels: torch.Tensor) -> None:
         raise ConfigError("k-NN needs labelled samples: some shards named for evaluation have no .cls member")
 
 
-def class_count(bank_labels: torch.Tensor, query_labels: torch.Tensor) -> int:
-    """1 + the largest label in the bank or in any rank's queries: the same number on every rank."""
-    top = torch.tensor(int(query_labels.max()) if query_labels.numel() else 0)
-    if distributed():
-        top = top.to(collective_device())
-        dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    return max(int(bank_labels.max()), int(top)) + 1
-
-
 def knn_top1(bank, bank_labels, queries, query_labels, k: int = 20, temperature: float = 0.07) -> float:
     """Fraction of queries whose highest-scoring class is their label."""
     check_labelled(bank_labels, query_labels)
-    scores = knn_scores(bank, bank_labels, queries, k, temperature, int(max(bank_labels.max(), query_labels.max())) + 1)
-    return (scores.argmax(dim=1) == query_labels).float().mean().item()
+    classes = train_classes(bank_labels, "the k-NN bank")
+    scores = knn_scores(bank, classes.index(bank_labels), queries, k, temperature, classes.n)
+    return (scores.argmax(dim=1) == classes.index(query_labels)).float().mean().item()
+
+
+def top_k_hits(scores: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """[q] 1.0 where fewer than ``k`` other classes score at least as high as the label ``y`` [q] does, else 0.0: a tie
+    counts against the query (with k=1 most classes get no vote, and a zero-score label would otherwise be "in the top
+    5" by the order topk happens to break ties in), and so does a label of no bank class (``y`` = C)."""
+    absent = y >= scores.shape[1]
+    own = scores.gather(1, y.clamp(max=scores.shape[1] - 1)[:, None])  # [q, 1]
+    ahead = (scores >= own).sum(dim=1) - 1  # [q] other classes at or above the label's score
+    return ((ahead < k) & ~absent).float()
 
 
 def knn_evaluate(
@@ -131,21 +132,21 @@ def knn_evaluate(
     query_labels: torch.Tensor,  # [Q]
     ks: Sequence[int] = (10, 20, 100, 200),
     temperature: float = 0.07,
-    num_classes: Optional[int] = None,
     index: Optional[faiss.Index] = None,  # default: an exact flat index over ``bank``
     chunk: int = 4096,
 ) -> dict[int, dict[str, float]]:
-    """For each k: ``top1``, ``top5`` (weighted votes), ``recall`` (hit rate) and ``map`` (see
+    """For each k: ``top1``, ``top5`` (weighted votes; ties count against, ``top_k_hits``), ``recall`` (hit rate) and ``map`` (see
     ``sslvit.eval.retrieval``), over all ranks' queries: torchmetrics sums its states over the
-    process group when ``compute`` is called, so every rank must call this."""
+    process group when ``compute`` is called, so every rank must call this.  Classes are the bank's
+    (``sslvit.eval.classes``): a query of a class the bank lacks counts as wrong."""
     check_labelled(bank_labels, query_labels)
     ks = sorted(set(ks))
     if ks[0] < 1 or ks[-1] > bank.shape[0]:
         raise ConfigError(f"k={ks[0] if ks[0] < 1 else ks[-1]} must be between 1 and the {bank.shape[0]} samples in the bank")
-    c = num_classes or class_count(bank_labels, query_labels)
-    metrics = {k: {"top1": MulticlassAccuracy(c, top_k=1, average="micro"),
-                   "top5": MulticlassAccuracy(c, top_k=min(5, c), average="micro"),
-                   "recall": MeanMetric(), "map": MeanMetric()} for k in ks}
+    classes = train_classes(bank_labels, "the k-NN bank")  # the bank is whole on every rank: the same classes everywhere
+    bank_labels, query_labels = classes.index(bank_labels), classes.index(query_labels)  # 0..C-1; C: not in the bank
+    c = classes.n
+    metrics = {k: {"top1": MeanMetric(), "top5": MeanMetric(), "recall": MeanMetric(), "map": MeanMetric()} for k in ks}
     device = collective_device()  # metric states take part in the reduction over ranks
     for m in metrics.values():
         for metric in m.values():
@@ -156,9 +157,9 @@ def knn_evaluate(
         nl = bank_labels[ids]  # [q, k_max]
         relevant = nl == y[:, None]  # [q, k_max]
         for k in ks:
-            scores = votes(sims[:, :k], nl[:, :k], temperature, c).to(device)  # [q, C]
-            metrics[k]["top1"].update(scores, y.to(device))
-            metrics[k]["top5"].update(scores, y.to(device))
+            scores = votes(sims[:, :k], nl[:, :k], temperature, c)  # [q, C]
+            metrics[k]["top1"].update(top_k_hits(scores, y, 1).to(device))
+            metrics[k]["top5"].update(top_k_hits(scores, y, 5).to(device))
             metrics[k]["recall"].update(hit_rate(relevant[:, :k]).to(device))
             metrics[k]["map"].update(average_precision(relevant[:, :k]).to(device))
     return {k: {name: float(metric.compute()) for name, metric in m.items()} for k, m in metrics.items()}

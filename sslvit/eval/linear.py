@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from sslvit.eval.classes import train_classes, with_absent
+
 # dinov2 eval/linear.py's grid (base rates, before the batch / 256 scaling)
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 
@@ -106,13 +108,13 @@ def train_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeCo
 @torch.no_grad()
 def evaluate_heads(heads: LinearHeads, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[list[dict], torch.Tensor]:
     """Per head {top1, top5} on ``x`` [N, D], ``y`` [N] (None for a diverged head), and every head's
-    predicted class [N, heads]."""
+    predicted class [N, heads].  A target of ``heads.num_classes`` (a class the training split lacks) counts as wrong."""
     c, h = heads.num_classes, len(heads.weights)
-    top1 = [MulticlassAccuracy(c, top_k=1, average="micro").to(x.device) for _ in range(h)]
-    top5 = [MulticlassAccuracy(c, top_k=min(5, c), average="micro").to(x.device) for _ in range(h)]
+    top1 = [MulticlassAccuracy(c + 1, top_k=1, average="micro").to(x.device) for _ in range(h)]
+    top5 = [MulticlassAccuracy(c + 1, top_k=min(5, c), average="micro").to(x.device) for _ in range(h)]
     preds = []
     for start in range(0, x.shape[0], chunk):
-        logits = heads(x[start : start + chunk])  # [n, heads, C]
+        logits = with_absent(heads(x[start : start + chunk]))  # [n, heads, C + 1]
         target = y[start : start + chunk]
         for i in range(h):
             top1[i].update(logits[:, i], target)
@@ -129,11 +131,15 @@ def linear_probe(
     cfg: ProbeConfig, device: Optional[torch.device] = None,
 ) -> dict:
     """Train the grid on the train split, evaluate every head on val: {top1, top5 (best head), best_lr,
-    per_lr: {lr: {top1, top5}}, preds: the best head's val predictions [N]}."""
+    per_lr: {lr: {top1, top5}}, preds: the best head's val predictions [N], targets: the val labels, both as
+    columns of the train split's classes (``sslvit.eval.classes``; C: a class train lacks, counted as wrong),
+    num_classes: the columns}."""
     device = device or torch.device("cpu")
-    num_classes = int(max(train_y.max(), val_y.max())) + 1
-    heads = train_heads(train_x.float().to(device), train_y.to(device), num_classes, cfg)
-    return best_head(heads, val_x.float().to(device), val_y.to(device), cfg.lrs)
+    classes = train_classes(train_y, "the probe's train split")
+    heads = train_heads(train_x.float().to(device), classes.index(train_y).to(device), classes.n, cfg)
+    targets = classes.index(val_y)
+    result = best_head(heads, val_x.float().to(device), targets.to(device), cfg.lrs)
+    return {**result, "targets": targets, "num_classes": classes.n + int((targets == classes.n).any())}
 
 
 def best_head(heads: LinearHeads, val_x: torch.Tensor, val_y: torch.Tensor, lrs: Sequence[float]) -> dict:

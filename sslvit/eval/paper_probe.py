@@ -39,6 +39,7 @@ from sslvit.data.shards import manifest_samples
 from sslvit.data.stream import EvalStream, Skips, StreamLoader, TrainStream, batches_per_epoch, read_shards
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
+from sslvit.eval.classes import train_classes
 from sslvit.eval.features import FeatureSpec, collective_device, distributed, extract_features, gather_features
 from sslvit.eval.linear import LEARNING_RATES, LinearHeads, best_head, heads_loss
 
@@ -172,7 +173,8 @@ def paper_probe(vit: nn.Module, train_urls: Sequence[str], val_urls: Sequence[st
                          seed, shuffle_buffer=min(5000, samples))
     epoch = [0]
     loader = StreamLoader(stream, workers, position_of=lambda: (epoch[0], 0))
-    heads = LinearHeads(spec.dim(vit), int(val.labels.max()) + 1, len(proto.lrs), proto.batchnorm, seed).to(device)
+    classes = train_classes(val.labels, "--val")  # the heads' columns: --val's classes, however large their numbers
+    heads = LinearHeads(spec.dim(vit), classes.n, len(proto.lrs), proto.batchnorm, seed).to(device)
     optimizer = make_optimizer(heads, proto.lrs, proto.optimizer)
     scale = proto.batch_size / 256  # the linear scaling rule, as MAE and DINO apply it
     step, losses, skipped = 0, [], 0
@@ -182,11 +184,11 @@ def paper_probe(vit: nn.Module, train_urls: Sequence[str], val_urls: Sequence[st
         for batch in loader:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * scale * lr_factor(proto, step, steps_per_epoch)
-            labels = batch["label"].to(device)
-            wrong = torch.tensor([float(((labels < 0) | (labels >= heads.num_classes)).sum())])
+            labels = classes.index(batch["label"]).to(device)  # C: a class --val lacks
+            wrong = torch.tensor([float((labels == classes.n).sum())])  # (an unlabelled -1 too)
             average_over_ranks([wrong])  # every rank stops together, none waits in a collective
             if wrong.item():
-                raise ConfigError(f"--train: labels must be in 0..{heads.num_classes - 1} (the classes --val has), "
+                raise ConfigError(f"--train: labels must be among the {classes.n} classes --val has, "
                                   "and every sample needs a .cls label")
             with torch.no_grad():
                 feats = spec(vit, batch["image"].to(device, non_blocking=True)).float()  # [B, dim]
@@ -196,10 +198,11 @@ def paper_probe(vit: nn.Module, train_urls: Sequence[str], val_urls: Sequence[st
         average_over_ranks([epoch_loss])  # the same figure on every rank
         losses.append(float(epoch_loss))
     heads.eval()
-    result = best_head(heads, val.feats.to(device), val.labels.to(device), proto.lrs)
+    targets = classes.index(val.labels)
+    result = best_head(heads, val.feats.to(device), targets.to(device), proto.lrs)
     skipped_train = torch.tensor([skipped], device=collective_device())
     if distributed():
         dist.all_reduce(skipped_train)
-    return {**result, "val_labels": val.labels, "n_train": samples, "n_val": len(val.keys),
+    return {**result, "val_labels": targets, "n_train": samples, "n_val": len(val.keys),
             "skipped_samples": {"train": int(skipped_train), "val": val.skipped},
             "steps": step, "batch_size": proto.batch_size, "losses": losses}

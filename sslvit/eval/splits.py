@@ -15,6 +15,7 @@ from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view
 from sslvit.errors import ConfigError
 from sslvit.eval.cache import FeatureCache, cached_features, default_cache_dir
+from sslvit.eval.classes import absent_note, train_classes
 from sslvit.eval.features import Features, FeatureSpec, extract_features, gather_features
 from sslvit.files import ready_dir
 
@@ -26,6 +27,7 @@ class Splits:
     val: Features
     cached: dict = field(default_factory=dict)  # split -> whether its features came from the cache
     seconds: float = 0.0  # spent reading or extracting features
+    note: Optional[str] = None  # val samples of classes train lacks (sslvit.eval.classes.absent_note)
 
     def source(self) -> str:
         """E.g. "train from the cache, val extracted in 3.2 s"."""
@@ -78,4 +80,6 @@ def load_splits(args: argparse.Namespace, spec: FeatureSpec) -> Splits:
                               f" ({f.skipped} skipped)")
         if (f.labels < 0).any():
             raise ConfigError(f"--{split}: {int((f.labels < 0).sum())} of {len(f.keys)} samples have no .cls label")
-    return Splits(vit, out["train"], out["val"], cached, time.perf_counter() - start)
+    classes = train_classes(out["train"].labels, "--train")  # one sample or one class: told before any training
+    note = absent_note(classes, out["val"].labels, "--val", "--train")
+    return Splits(vit, out["train"], out["val"], cached, time.perf_counter() - start, note)

@@ -91,10 +91,16 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ConfigError(f"encoder.size={self.size!r} is not one of {sorted(SIZES)}")
+        if self.img_size <= 0:
+            raise ConfigError(f"encoder.img_size={self.img_size} must be positive")
         if self.patch_size <= 0 or self.img_size % self.patch_size:
             raise ConfigError(
                 f"encoder.patch_size={self.patch_size} does not divide encoder.img_size={self.img_size}"
             )
+        check_tokens(self.img_size, self.patch_size, f"encoder.img_size={self.img_size}")
+        bad = next((k for k in ("embed_dim", "depth", "num_heads") if getattr(self, k) is not None and getattr(self, k) <= 0), None)
+        if bad is not None:
+            raise ConfigError(f"encoder.{bad}={getattr(self, bad)} must be positive")
         width, _, heads = self.shape
         if width % heads:
             raise ConfigError(f"encoder.embed_dim={width} is not divisible by encoder.num_heads={heads}")
@@ -124,6 +130,17 @@ class EncoderConfig:
     def shape(self) -> tuple[int, int, int]:
         width, depth, heads = SIZES[self.size]
         return (self.embed_dim or width, self.depth or depth, self.num_heads or heads)
+
+
+MAX_TOKENS = 2**16  # patch tokens per image (4096 px at patch 16): past this, img_size is a slip, not a ViT (80000 px: 25 GB of table)
+
+
+def check_tokens(img_size: int, patch: int, what: str) -> None:
+    """A ``ConfigError`` naming ``what`` when ``img_size`` px at ``patch`` px per token passes ``MAX_TOKENS`` tokens."""
+    tokens = (img_size // patch) ** 2
+    if tokens > MAX_TOKENS:
+        raise ConfigError(f"{what}: {img_size} px at {patch} px per patch is {tokens} tokens per image, more than "
+                          f"the {MAX_TOKENS} a ViT here takes")
 
 
 def encoder_config(value: Union[EncoderConfig, dict]) -> EncoderConfig:

@@ -43,3 +43,20 @@ def test_hit_miss_and_an_unreadable_entry(tmp_path):
     assert hit and len(calls) == 1 and got.keys == f.keys and got.skipped == 2 and torch.equal(got.feats, f.feats)
     cache.path(cache_key(tmp_path / "ckpt", [], "T", POOLED)).write_bytes(b"truncated")
     assert not cached_features(cache, tmp_path / "ckpt", [], "T", POOLED, extract)[1] and len(calls) == 2
+
+
+def test_an_entry_is_used_only_when_it_holds_what_it_claims(tmp_path):
+    """Another key's entry copied into place, or rows that disagree, are misses: extracted again, never used."""
+    cache = FeatureCache(tmp_path / "c")
+    (tmp_path / "ckpt").write_bytes(b"w")
+    f = Features(torch.randn(3, 4), torch.tensor([0, 1, 0]), ["a:1", "a:2", "b:1"], 0)
+    other = Features(torch.randn(2, 4), torch.tensor([5, 6]), ["x:1", "x:2"], 0)
+    key = cache_key(tmp_path / "ckpt", [], "T", POOLED)
+    cache.save("0" * 64, other, {})  # another entry, whole and readable
+    os.replace(cache.path("0" * 64), cache.path(key))
+    got, hit = cached_features(cache, tmp_path / "ckpt", [], "T", POOLED, lambda: f)
+    assert not hit and got is f
+    for broken in ({"feats": torch.randn(4, 4)}, {"labels": torch.tensor([0, 1])}, {"keys": ["a:1"]},
+                   {"labels": torch.tensor([0.0, 1.0, 0.0])}, {"feats": torch.randn(3)}, {"skipped": -1}):
+        torch.save({**f._asdict(), "key": key, **broken}, cache.path(key))
+        assert cache.load(key) is None, broken
