@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -105,16 +106,17 @@ def lightly_dino_step(batch: int, out_dim: int, local_crops: int, clip_grad: flo
     decay, no_decay = lightly_utils.get_weight_decay_parameters([student])
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.04}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
     params = list(student.parameters())
-    global_views = torch.randn(2 * batch, 3, 224, 224, device=device)
-    local_views = torch.randn(local_crops * batch, 3, 96, 96, device=device)
+    views = [torch.randn(batch, 3, 224, 224, device=device) for _ in range(2)]
+    views += [torch.randn(batch, 3, 96, 96, device=device) for _ in range(local_crops)]
 
     def step() -> None:
         lightly_utils.update_momentum(student, teacher, m=0.996)  # lightly's order: EMA first, then the step
+        global_views = torch.cat(views[:2])  # as its training_step
         with torch.no_grad():
             t_out = teacher["head"](teacher["backbone"](global_views))  # [2B, K]
         s_out = [student["head"](student["backbone"](global_views))]
         if local_crops:
-            s_out.append(student["head"](student["backbone"](local_views)))
+            s_out.append(student["head"](student["backbone"](torch.cat(views[2:]))))
         loss = criterion(teacher_out=list(t_out.chunk(2)), student_out=list(torch.cat(s_out).chunk(2 + local_crops)),
                          teacher_temp=0.04)  # also moves the center
         loss.backward()
@@ -126,17 +128,29 @@ def lightly_dino_step(batch: int, out_dim: int, local_crops: int, clip_grad: flo
     return step
 
 
+def dino_steps(args: argparse.Namespace, local_crops: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """sslvit's and lightly's DINO steps with ``local_crops`` 96 px crops."""
+    ours = dino_args(["--batch", str(args.dino_batch), "--out-dim", str(args.out_dim), "--local-crops", str(local_crops),
+                      "--clip-grad", str(args.clip_grad), "--device", args.device])
+    return {"sslvit": dino_step(ours, device),
+            "lightly": lightly_dino_step(args.dino_batch, args.out_dim, local_crops, args.clip_grad, device)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=["mae", "dino"], help="one model (default: both)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (issue 17 compared at 2)")
     ap.add_argument("--rounds", type=int, default=5, help="timed steps of each peer, interleaved")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the process's CPU seconds (with --threads 1, the work of a step on a busy machine)")
     ap.add_argument("--mae-batch", type=int, default=32)
     ap.add_argument("--mae-decoder-depth", type=int, default=1, help="1: lightly's example (issue 17); 8: the MAE paper")
     ap.add_argument("--dino-batch", type=int, default=16)
     ap.add_argument("--out-dim", type=int, default=4096, help="DINO's prototypes K")
     ap.add_argument("--local-crops", type=int, default=4, help="96 px crops beside the 2 global ones")
+    ap.add_argument("--local-cost", action="store_true",
+                    help="also time both DINOs on the 2 global crops alone, in the same rounds: what the local crops cost each")
     ap.add_argument("--clip-grad", type=float, default=3.0, help="DINO's per-parameter clipping on both sides; 0: none")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="also write the run (machine, versions, rows, ratios) here as one JSON object")
@@ -145,45 +159,50 @@ def main() -> None:
         sys.exit('peers_throughput.py needs lightly, the peer: pip install "lightly>=1.6" (or pip install "sslvit[bench]")')
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    run = {"machine": machine(device), "torch": torch.__version__, "timm": timm.__version__, "lightly": lightly.__version__}
+    run = {"machine": machine(device), "torch": torch.__version__, "timm": timm.__version__, "lightly": lightly.__version__,
+           "threads": args.threads, "clock": args.clock}
     print(json.dumps(run), flush=True)
 
-    comparisons = {}
+    groups = []  # (batch, {model: {peer: step}}): the steps of one group are timed in the same rounds
     if args.only in (None, "mae"):
-        comparisons[f"MAE ViT-S/16, decoder {args.mae_decoder_depth}x512, batch {args.mae_batch}"] = (args.mae_batch, {
+        groups.append((args.mae_batch, {f"MAE ViT-S/16, decoder {args.mae_decoder_depth}x512, batch {args.mae_batch}": {
             "sslvit": mae_step("small", args.mae_batch, device, "fp32", args.mae_decoder_depth),
             "lightly": lightly_mae_step(args.mae_batch, args.mae_decoder_depth, device),
-        })
+        }}))
     if args.only in (None, "dino"):
-        ours = dino_args(["--batch", str(args.dino_batch), "--out-dim", str(args.out_dim),
-                          "--local-crops", str(args.local_crops), "--clip-grad", str(args.clip_grad),
-                          "--device", args.device])
-        ours_step = dino_step(ours, device)
-        name = f"DINO ViT-S/16, 2x224 + {args.local_crops}x96, K {args.out_dim}, batch {args.dino_batch}"
-        comparisons[name] = (args.dino_batch, {
-            "sslvit": ours_step,
-            "lightly": lightly_dino_step(args.dino_batch, args.out_dim, args.local_crops, args.clip_grad, device),
-        })
+        name = f"DINO ViT-S/16, K {args.out_dim}, batch {args.dino_batch}, 2x224"
+        models = {f"{name} + {args.local_crops}x96": dino_steps(args, args.local_crops, device)}
+        if args.local_cost and args.local_crops:
+            models[f"{name} only"] = dino_steps(args, 0, device)
+        groups.append((args.dino_batch, models))
 
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rows, ratios = [], {}
-    for model, (batch, steps) in comparisons.items():
-        timed = time_interleaved(steps, args.rounds, args.warmup, device)
-        for peer, (seconds, flops) in timed.items():
+    for batch, models in groups:
+        steps = {(model, peer): step for model, peers in models.items() for peer, step in peers.items()}
+        timed = time_interleaved({f"{m} | {p}": step for (m, p), step in steps.items()}, args.rounds, args.warmup, device, clock)
+        for (model, peer), (seconds, flops) in zip(steps, timed.values()):
             median = statistics.median(seconds)
             rows.append({"model": model, "peer": peer, "batch": batch, "images_per_s": round(batch / median, 3),
                          "step_s_median": round(median, 3), "step_s": [round(s, 3) for s in seconds],
                          "gflops_per_image": round(flops / batch / 1e9, 2)})
             print(json.dumps(rows[-1]), flush=True)
-        ratios[model] = round(rows[-2]["images_per_s"] / rows[-1]["images_per_s"], 3)  # sslvit / lightly
-        print(json.dumps({"model": model, "sslvit_over_lightly": ratios[model]}), flush=True)
+        for model in models:
+            ours, peer = (r for r in rows if r["model"] == model)
+            ratios[model] = round(ours["images_per_s"] / peer["images_per_s"], 3)
+            print(json.dumps({"model": model, "sslvit_over_lightly": ratios[model]}), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({**run, "threads": args.threads, "rows": rows, "ratios": ratios}, indent=1))
+        args.json.write_text(json.dumps({**run, "rows": rows, "ratios": ratios}, indent=1))
     print("\n| model | sslvit images/s | lightly images/s | sslvit / lightly | GFLOP/image (sslvit, lightly) |")
     print("|---|---|---|---|---|")
-    for model in comparisons:
+    for model, ratio in ratios.items():
         ours, peer = (r for r in rows if r["model"] == model)
-        print(f"| {model} | {ours['images_per_s']} | {peer['images_per_s']} | {ratios[model]:.2f}x "
+        print(f"| {model} | {ours['images_per_s']} | {peer['images_per_s']} | {ratio:.2f}x "
               f"| {ours['gflops_per_image']}, {peer['gflops_per_image']} |")
+    if args.local_cost and args.local_crops and args.only in (None, "dino"):
+        full, alone = (list(r for r in rows if r["model"] == m) for m in list(ratios)[-2:])
+        cost = {a["peer"]: round(a["step_s_median"] - b["step_s_median"], 3) for a, b in zip(full, alone)}
+        print(f"\nthe {args.local_crops} local crops cost, seconds a step ({args.clock} clock, median difference): {json.dumps(cost)}")
 
 
 if __name__ == "__main__":
