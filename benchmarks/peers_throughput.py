@@ -10,7 +10,9 @@ lightly's models are built from its public modules as its own ImageNet benchmark
 around timm's ``vit_small_patch16_224``, ``MaskedVisionTransformerDecoderTIMM`` (the replacement of the
 deprecated ``MAEDecoderTIMM``) with its input and prediction layers, ``DINOProjectionHead`` and
 ``lightly.loss.DINOLoss``, ``update_momentum`` for the EMA teacher.  sslvit's steps are the ones
-``mae_throughput.py`` and ``dino_throughput.py`` time.
+``mae_throughput.py`` and ``dino_throughput.py`` time.  One difference is lightly's own default and left as it is:
+its ViT wrapper fixes the position table to 2-D sin-cos (``pos_embed_initialization="sincos"``), where
+sslvit's DINO learns it as DINO does (one more small gradient, through the local crops' resample).
 
 Every step has the same boundaries: forward, loss, backward, optimiser step (AdamW), gradients cleared,
 and for DINO the EMA teacher update and the center update, with DINO's per-parameter gradient clipping
