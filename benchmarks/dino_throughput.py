@@ -18,6 +18,7 @@ import argparse
 import json
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
@@ -32,15 +33,18 @@ DEFAULTS = {  # the papers' crops and heads: DINO ViT-S/16 (main_dino.py), DINOv
 }
 
 
-def bench(args, device: torch.device) -> dict:
+def dino_step(args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """One full optimiser step of sslvit's DINO or DINOv2 on fixed synthetic crops, for ``args`` as
+    :func:`parse_args` gives them (also timed by peers_throughput.py)."""
     torch.manual_seed(0)
     encoder = EncoderConfig(size=args.size, patch_size=args.patch, img_size=args.global_size, drop_path_rate=0.1)
+    clip = {} if args.clip_grad is None else {"clip_grad": args.clip_grad}  # None: the objective's default
     if args.objective == "dinov2":  # LayerScale, uniform drop path 0.4, two heads (dinov2's vitl14)
         model = DINOv2(encoder=EncoderConfig(**{**vars(encoder), "init_values": 1e-5, "drop_path_rate": 0.4,
                                                 "drop_path_uniform": True}),
-                       out_dim=args.out_dim, bottleneck_dim=384, ibot_out_dim=args.out_dim, freeze_last_layer_epochs=0)
+                       out_dim=args.out_dim, bottleneck_dim=384, ibot_out_dim=args.out_dim, freeze_last_layer_epochs=0, **clip)
     else:
-        model = DINO(encoder=encoder, out_dim=args.out_dim, freeze_last_layer_epochs=0)  # the last layer trains too
+        model = DINO(encoder=encoder, out_dim=args.out_dim, freeze_last_layer_epochs=0, **clip)  # the last layer trains too
     model = model.to(device)
     if args.compile:
         compile_blocks_(model, backend=args.compile_backend)  # as model.compile: true does (warm-up steps compile)
@@ -56,6 +60,11 @@ def bench(args, device: torch.device) -> dict:
         model.add_teacher_outputs(out)
         model.optimizer_update(opt)  # weight decay, clipping, AdamW, EMA teacher, center
 
+    return step
+
+
+def bench(args: argparse.Namespace, device: torch.device) -> dict:
+    step = dino_step(args, device)
     seconds, flops = time_steps(step, args.steps, args.warmup, device)
     ips = args.batch * args.steps / seconds
     return {
@@ -73,7 +82,8 @@ def bench(args, device: torch.device) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, with the objective's defaults filled in where an option was not given."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objective", choices=list(DEFAULTS), default="dino")
     ap.add_argument("--size", default="small")
@@ -83,6 +93,7 @@ def main() -> None:
     ap.add_argument("--local-size", type=int, default=None, help="default: 96 (DINO), 98 (DINOv2)")
     ap.add_argument("--local-crops", type=int, default=None, help="default: 10 (DINO), 8 (DINOv2)")
     ap.add_argument("--out-dim", type=int, default=None, help="default: 65536 (DINO), 131072 (DINOv2)")
+    ap.add_argument("--clip-grad", type=float, default=None, help="default: the objective's (3.0); 0: no clipping")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -90,9 +101,14 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile each Transformer block (model.compile: true)")
     ap.add_argument("--compile-backend", default="inductor", help="eager: graph capture only (a dry run's check)")
     ap.add_argument("--json", type=Path, help="also write the run (machine, peak, row) here as one JSON object")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     for key, value in DEFAULTS[args.objective].items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     peak = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     run = {"machine": machine(device), "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 4)}

@@ -18,6 +18,7 @@ import argparse
 import json
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
@@ -27,8 +28,9 @@ from sslvit.objectives.mae import MAE
 from sslvit.objectives.optim import param_groups
 
 
-def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int,
-          compile: bool = False, img_size: int = 224, backend: str = "inductor") -> dict:
+def mae_step(size: str, batch: int, device: torch.device, precision: str, decoder_depth: int,
+             compile: bool = False, img_size: int = 224, backend: str = "inductor") -> Callable[[], None]:
+    """One full optimiser step of sslvit's MAE on a fixed synthetic batch (also timed by peers_throughput.py)."""
     torch.manual_seed(0)
     model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=img_size, pos_embed="sincos"),
                 decoder_depth=decoder_depth)
@@ -46,6 +48,12 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int,
+          compile: bool = False, img_size: int = 224, backend: str = "inductor") -> dict:
+    step = mae_step(size, batch, device, precision, decoder_depth, compile, img_size, backend)
     seconds, flops = time_steps(step, steps, warmup, device)
     flops_per_image = flops / batch  # forward + backward, as counted
     ips = batch * steps / seconds

@@ -61,3 +61,30 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
         step()
     sync(device)
     return time.perf_counter() - t0, float(counter.get_total_flops())
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, tuple[list[float], float]]:
+    """Several step functions timed in one process, one step of each in turn, so that they share the
+    machine's noise (another process waking up slows all of them, not one): name -> (seconds of each of
+    ``rounds`` steps, FLOPs of one step as ``torch.utils.flop_counter`` counts them on a first call).
+    Every other round runs them in reverse order (A B, B A, ...), so a drift over the run favours none.
+    ``clock=time.process_time`` counts the CPU seconds this process spent instead of wall seconds: on a
+    shared CPU with one torch thread, the work a step takes, whatever else the machine is running."""
+    flops = {}
+    for name, step in steps.items():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        for _ in range(warmup):
+            step()
+        flops[name] = float(counter.get_total_flops())
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(rounds):
+        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
+            sync(device)
+            t0 = clock()
+            steps[name]()
+            sync(device)
+            times[name].append(clock() - t0)
+    return {name: (times[name], flops[name]) for name in steps}

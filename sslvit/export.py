@@ -90,13 +90,14 @@ def model_card(vit: nn.Module, source: Path, out: Path, hub_id: Optional[str] = 
     objective = str((config.get("model") or {}).get("class_path", "")).rsplit(".", 1)[-1]
     what, part = OBJECTIVES.get(objective, (objective or "unknown", "the backbone"))
     args = timm_model_args(vit)
+    timm_class = next(c for c in type(vit).__mro__ if c.__module__.startswith("timm."))  # not sslvit's DINOResampledViT
     params = sum(p.numel() for p in vit.parameters())
     folder = out.resolve().parent if out.resolve().name == "export" else out.resolve()  # <run>/export: the run's name
     name = re.sub(r"[^\w.-]", "-", hub_id.split("/")[-1] if hub_id else folder.name)
     data = summary.get("data") or (config.get("data") or {}).get("train_shards") or "unknown"
     trainer = config.get("trainer") or {}
     rows = [
-        ("architecture", f"timm `{type(vit).__name__}`: {args['depth']} blocks, "
+        ("architecture", f"timm `{timm_class.__name__}`: {args['depth']} blocks, "
                          f"{args['embed_dim']} wide, {args['num_heads']} heads, patch {args['patch_size']}, "
                          f"{args['img_size'][0]} px, {params / 1e6:.1f}M parameters, pooled by "
                          f"{'the [class] token' if args['global_pool'] == 'token' else 'the mean of the patch tokens'}"),

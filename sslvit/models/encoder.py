@@ -14,12 +14,13 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslvit.errors import ConfigError
 from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
-from sslvit.models.pos_embed import factorize_pos_embed_, sincos_2d
+from sslvit.models.pos_embed import factorize_pos_embed_, resample_pos_embed_dino, sincos_2d
 
 # width, depth, heads: ViT paper Table 1 (base/large/huge) and DeiT (tiny/small).
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -191,6 +192,8 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
             name = HYBRID_STEMS[cfg.stem][0]
             args.update(patch_size=1)  # one token per cell of the ResNet's feature map
     vit = timm.create_model(name, **args)
+    if cfg.dynamic_img_size and type(vit) is VisionTransformer and vit.pos_embed is not None:
+        vit.__class__ = DINOResampledViT  # the reference's table for other input sizes (DINO's local crops): see there
     if cfg.drop_path_uniform and cfg.drop_path_rate > 0:
         for block in vit.blocks:  # timm ramps the rate up from 0 (its first block has none): no parameters here
             block.drop_path1, block.drop_path2 = DropPath(cfg.drop_path_rate), DropPath(cfg.drop_path_rate)
@@ -206,6 +209,30 @@ def build_vit(cfg: EncoderConfig, num_classes: int = 0) -> nn.Module:
     elif cfg.pos_embed == "learn_2d":
         factorize_pos_embed_(vit)
     return vit
+
+
+class DINOResampledViT(VisionTransformer):
+    """timm's VisionTransformer whose position table, for an input of another size (``dynamic_img_size``: DINO's
+    96 px local crops), is resampled as DINO and DINOv2 train with (plain bicubic with the 0.1 offset:
+    ``resample_pos_embed_dino``) instead of timm's antialiased bicubic, which on a fresh table gives the
+    local crops 0.42x its norm.  Only ``_pos_embed`` differs: the weights and their names are timm's, so the
+    export is plain timm (loaded by timm at another size, the table is resampled timm's way).  timm has no
+    option for this; the encoder's class is swapped to this subclass after ``timm.create_model`` (as
+    ``torch.nn.utils.parametrize`` swaps a module's class), so hybrid stems and every timm forward keep working."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic_img_size or self.pos_embed is None:
+            return super()._pos_embed(x)
+        B, H, W, C = x.shape  # [B, h, w, D]: timm's patch embedding with dynamic size
+        table = resample_pos_embed_dino(self.pos_embed, (H, W), self.patch_embed.grid_size,
+                                        0 if self.no_embed_class else self.num_prefix_tokens)
+        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        x = x.view(B, H * W, C)
+        if self.no_embed_class:  # the table covers the patches only (DeiT-3, timm's DINOv2 with registers)
+            x = torch.cat(prefix + [x + table], dim=1)
+        else:  # the table has rows for the prefix tokens too
+            x = torch.cat(prefix + [x], dim=1) + table
+        return self.pos_drop(x)  # [B, prefix + h * w, D]
 
 
 def xavier_init_(vit: nn.Module) -> None:

@@ -1,7 +1,11 @@
 """2-D position embeddings beyond timm's learned 1-D table: fixed sin-cos (MAE's default, He et al.
-2022, Sec. 3) and learned factorised rows x columns (the ViT paper, App. D.4)."""
+2022, Sec. 3) and learned factorised rows x columns (the ViT paper, App. D.4); and the table resampled for
+another input size as DINO and DINOv2 do it."""
+
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -82,3 +86,24 @@ def materialize_pos_embed_(vit: nn.Module) -> None:
     """A factorised table becomes a plain timm table (for export, resampling); others stay as they are."""
     if parametrize.is_parametrized(vit, "pos_embed"):
         parametrize.remove_parametrizations(vit, "pos_embed", leave_parametrized=True)
+
+
+def resample_pos_embed_dino(table: torch.Tensor, new_size: Sequence[int], old_size: Sequence[int], num_prefix: int,
+                            offset: float = 0.1) -> torch.Tensor:
+    """The position table for another token grid as DINO's ``interpolate_pos_encoding`` makes it (and DINOv2's
+    training default, ``interpolate_antialias=False, interpolate_offset=0.1``): [1, P + gh * gw, D] ->
+    [1, P + nh * nw, D], the P prefix rows as they are, the grid resampled by plain bicubic interpolation (no
+    antialiasing) at the scale factor (n + offset) / g per side.  The offset (DINO's "small number to avoid
+    floating point error", dino#8) also moves the sampling points: 14 -> 6 samples at (i + 0.5) x 14 / 6.1 - 0.5.
+    timm's ``resample_abs_pos_embed`` is antialiased by default, which for a downsampling (224 -> 96 px) is a
+    low-pass filter over the table.  The same grid returns ``table`` itself, as the reference does."""
+    (gh, gw), (nh, nw) = old_size, new_size
+    if (gh, gw) == (nh, nw):
+        return table
+    prefix, grid = table[:, :num_prefix], table[:, num_prefix:].float()
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, gh, gw, dim).permute(0, 3, 1, 2)  # [1, D, gh, gw]
+    grid = F.interpolate(grid, scale_factor=((nh + offset) / gh, (nw + offset) / gw), mode="bicubic",
+                         antialias=False)  # [1, D, nh, nw]: floor(g x (n + offset) / g) = n
+    grid = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, dim).to(table.dtype)
+    return torch.cat([prefix, grid], dim=1)

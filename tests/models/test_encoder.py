@@ -185,3 +185,41 @@ def test_mae_and_dino_refuse_the_variants_they_cannot_train():
         MAE(encoder=tiny_encoder(pos_embed="rel"))
     with pytest.raises(ConfigError, match="encoder.pos_embed='rel' does not work with DINO"):
         DINO(encoder=tiny_encoder(pos_embed="rel"))
+
+
+@pytest.mark.parametrize("extra", [{}, dict(reg_tokens=2), dict(reg_tokens=2, no_embed_class=True), dict(pos_embed="learn_2d")])
+def test_dynamic_size_resamples_the_table_as_dino_and_is_timms_vit_otherwise(extra):
+    """DINO's local crops: a 16 px crop of a 32 px encoder gets the table resampled as DINO does (plain bicubic,
+    the 0.1 offset), exactly as plain timm at 16 px with that table loaded; at 32 px it is timm's forward."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from sslvit.models.pos_embed import materialize_pos_embed_, resample_pos_embed_dino
+
+    torch.manual_seed(0)
+    enc = Encoder(tiny_encoder(dynamic_img_size=True, **extra)).eval()
+    assert isinstance(enc.vit, VisionTransformer)
+    plain = Encoder(tiny_encoder(**extra)).eval()  # not dynamic: timm's own forward at its size
+    materialize_pos_embed_(plain.vit)
+    state = {k: v for k, v in enc.vit.state_dict().items()}
+    if "parametrizations.pos_embed.original0" in state:  # learn_2d: compare on the materialised table
+        materialize_pos_embed_(enc.vit)
+        state = enc.vit.state_dict()
+    assert set(state) == set(plain.vit.state_dict())  # timm's names: the export is plain timm
+    plain.vit.load_state_dict(state)
+    big, small = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(enc(big), plain(big))
+
+    small_plain = Encoder(tiny_encoder(img_size=16, **extra)).eval()
+    materialize_pos_embed_(small_plain.vit)
+    prefix = 0 if enc.vit.no_embed_class else enc.vit.num_prefix_tokens
+    table = resample_pos_embed_dino(enc.vit.pos_embed, (2, 2), (4, 4), prefix)
+    small_plain.vit.load_state_dict({**state, "pos_embed": table})
+    torch.testing.assert_close(enc(small), small_plain(small))
+    torch.testing.assert_close(enc.forward_tokens(small), small_plain.forward_tokens(small))
+
+
+def test_the_learned_table_gets_gradients_from_the_local_crops():
+    torch.manual_seed(0)
+    enc = Encoder(tiny_encoder(dynamic_img_size=True))
+    (enc(torch.randn(2, 3, 16, 16)) * torch.randn(2, 64)).sum().backward()  # a plain sum of a LayerNorm's output is 0
+    assert enc.vit.pos_embed.grad is not None and enc.vit.pos_embed.grad[:, 1:].abs().sum() > 0
