@@ -114,7 +114,7 @@ class Supervised(LightningModule):
         if self.hparams.compile:
             compile_blocks_(self)
         if self.device_mesh is not None:
-            shard_net_(self.encoder, self.device_mesh)
+            shard_net_(self.encoder.vit, self.device_mesh)  # forward calls the timm model itself
             check_all_sharded(self)
 
     def configure_optimizers(self):
