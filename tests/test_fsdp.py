@@ -22,7 +22,8 @@ from tests.helpers import make_shards
 
 ROOT = Path(__file__).parent.parent
 ENCODER = {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
-HEADS = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
+# clip_grad small enough to clip: the norms of sharded gradients must be those of the whole ones
+HEADS = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "clip_grad": 1e-3}
 MULTICROP = {"view": "multicrop", "local_crops": 2, "local_img_size": 16}
 MODELS = {
     "mae": ({"class_path": "sslvit.objectives.MAE",
@@ -83,7 +84,8 @@ class Record(Callback):
                    self.out / f"rank{trainer.global_rank}.pt")
 
 
-def fit(run: Path, objective: str, shards: list, devices: int, strategy, steps: int = 2, resume: bool = False) -> dict:
+def fit(run: Path, objective: str, shards: list, devices: int, strategy, steps: int = 2, resume: bool = False,
+        *overrides: str) -> dict:
     """``steps`` steps of a tiny fit in ``run`` (``python -m sslvit.fit``); rank 0's record."""
     model, data = MODELS[objective]
     recipe = {
@@ -101,7 +103,7 @@ def fit(run: Path, objective: str, shards: list, devices: int, strategy, steps: 
     proc = subprocess.run(
         [sys.executable, "-m", "sslvit.fit", str(path), "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
          f"--trainer.strategy={strategy if isinstance(strategy, str) else json.dumps(strategy)}", f"--trainer.callbacks=[{json.dumps(callback)}]",
-         *(["--resume"] if resume else [])],
+         *(["--resume"] if resume else []), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -188,6 +190,16 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_exports(objective, runs, 
     assert_states_close(one["start"], two["state"], atol=0)  # every weight and the EMA teacher, from 2 ranks to 1
     moved = max((one["state"][k].float() - two["state"][k].float()).abs().max().item() for k in two["state"])
     assert moved > 0
+
+
+@pytest.mark.slow
+def test_compiled_blocks_compose_with_sharding(runs, tmp_path):
+    """model.compile (each block compiled, then sharded: torchtitan's order) trains as the eager sharded fit does."""
+    run, eager = runs("dino", "fsdp")
+    compiled = fit(tmp_path / "compiled", "dino", shards(run.parent / "shards"), 2, FSDP, 2, False,
+                   "--model.init_args.compile=true")
+    assert compiled["steps"][-1]["teacher_dtensors"] and max(s["ema_error"] for s in compiled["steps"]) < 1e-6
+    assert_states_close(compiled["state"], eager["state"], atol=2e-5)
 
 
 def test_fill_adamw_state_gives_the_state_a_first_step_makes():

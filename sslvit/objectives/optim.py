@@ -164,6 +164,7 @@ def fill_adamw_state_(optimizer: torch.optim.Optimizer) -> int:
     return made
 
 
+@torch.no_grad()
 def clip_grad_per_param_(params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
     """DINO's clipping (its utils.clip_gradients): each parameter's gradient is scaled down to norm
     ``max_norm`` on its own, unlike ``clip_grad_norm_``'s one global norm."""
