@@ -11,7 +11,8 @@ or runs out of its time is recorded as such and the next one runs):
    Transformer block, as ``model.compile: true``): images/s, model-FLOPs utilisation, peak memory;
 3. DINO ViT-S/16 with 2 x 224 + 10 x 96 crops, eager and compiled;
 4. DINOv2 ViT-L/14 with 2 x 224 + 8 x 98 crops, heads of 131072;
-5. two steps of a DINO fit under Lightning's FSDP (``python -m sslvit.fit``, teacher sharded like the student);
+5. two steps of a DINO fit under FSDP2 (Lightning's ModelParallelStrategy, ``python -m sslvit.fit``, teacher
+   sharded like the student; the dry run: 2 CPU processes over gloo);
 6. the data path: decode and crops per CPU worker, the batched device-side augmentation's ms per batch of
    64 x (2 x 224 + 10 x 96) and its host syncs.
 
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# FSDP2 as the recipes run it (sslvit.models.sharding): student and teacher sharded alike, each block and head a unit
+FSDP = '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}'
 ROOT = HERE.parent
 
 
@@ -41,7 +44,9 @@ def stages(dry: bool, out: Path) -> list[tuple[str, list[str], int]]:
                 "--local-size", "32", "--local-crops", "2", "--out-dim", "1024"]
         dinov2 = ["--objective", "dinov2", "--size", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0",
                   "--global-size", "56", "--local-size", "28", "--local-crops", "2", "--out-dim", "1024"]
-        fit_device = ["--trainer.accelerator=cpu", "--trainer.strategy=auto", "--trainer.precision=32-true"]
+        # FSDP2 over gloo on 2 CPU processes: the same sharded path as on the GPU (tests/test_fsdp.py checks it)
+        fit_device = ["--trainer.accelerator=cpu", "--trainer.devices=2", f"--trainer.strategy={FSDP}",
+                      "--trainer.precision=32-true"]
         data = ["--images", "32", "--batch", "8", "--passes", "1", "--rounds", "1", "--aug-batch", "4", "--aug-repeats", "1",
                 "--local-crops", "2", "--device", "cpu"]
     else:
@@ -49,7 +54,7 @@ def stages(dry: bool, out: Path) -> list[tuple[str, list[str], int]]:
         mae = ["--batch", "256", "--steps", "10", "--warmup", "3"]
         dino = ["--size", "small", "--batch", "64", "--steps", "10", "--warmup", "3"]
         dinov2 = ["--objective", "dinov2", "--size", "large", "--batch", "32", "--steps", "6", "--warmup", "2"]
-        fit_device = ["--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.strategy=fsdp",
+        fit_device = ["--trainer.accelerator=gpu", "--trainer.devices=1", f"--trainer.strategy={FSDP}",
                       "--trainer.precision=bf16-mixed"]
         data = ["--images", "256", "--batch", "32", "--passes", "1", "--rounds", "1", "--workers", "8",
                 "--aug-repeats", "3", "--device", "cuda"]

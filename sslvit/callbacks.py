@@ -137,7 +137,10 @@ class SkipNonFinite(Callback):
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps it
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads:
-            bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+            norms = torch.stack(torch._foreach_norm(grads))
+            if hasattr(norms, "full_tensor"):  # FSDP2 (DTensor): the norms of every rank's shards, one reduction
+                norms = norms.full_tensor()
+            bad = ~torch.isfinite(norms).all()
             if torch_optimizer.defaults.get("fused"):
                 torch_optimizer.found_inf = bad.float()  # the fused step skips itself on the device
             elif bad:  # one sync: the optimiser passes over parameters without a gradient

@@ -70,6 +70,49 @@ def read_checkpoint(path: Union[str, Path], mmap: bool = False) -> dict:
         raise ConfigError(f"checkpoint {str(path)!r} cannot be read: {str(err).splitlines()[0]}") from err
 
 
+# A checkpoint folder (torch.distributed.checkpoint: one ``.distcp`` file per rank, ``.metadata``) holds this file
+# beside the shards: everything of the checkpoint but the weights and optimiser states (Lightning's _METADATA_FILENAME).
+SHARDED_META = "meta.pt"
+
+
+def is_sharded_checkpoint(path: Union[str, Path]) -> bool:
+    """A folder as Lightning's ModelParallelStrategy (FSDP2) writes, or its FSDPStrategy with
+    ``state_dict_type="sharded"``: each rank's shard of weights and optimiser, and ``meta.pt``."""
+    path = Path(path)
+    return path.is_dir() and (path / SHARDED_META).is_file()
+
+
+def checkpoint_exists(path: Union[str, Path]) -> bool:
+    """A one-file checkpoint or a sharded checkpoint folder is at ``path``."""
+    return Path(path).is_file() or is_sharded_checkpoint(path)
+
+
+def read_checkpoint_meta(path: Union[str, Path]) -> dict:
+    """What a checkpoint holds besides the tensors' bytes, cheaply: a one-file checkpoint memory-mapped, a sharded
+    folder's ``meta.pt`` (epoch, step, hyper-parameters, callbacks' states; no weights)."""
+    return read_checkpoint(Path(path) / SHARDED_META if is_sharded_checkpoint(path) else path, mmap=True)
+
+
+def read_sharded_checkpoint(path: Union[str, Path]) -> dict:
+    """A sharded checkpoint folder as one dict, as a one-file checkpoint holds it: ``state_dict`` the full
+    (gathered) weights, for any number of ranks that wrote it; all in CPU memory, in this one process.  The
+    shards are read by Lightning's own consolidation (``torch.distributed.checkpoint``, no process group).
+    ``meta.pt`` is read without unpickling code; torch's ``.metadata`` index of the shards is a pickle that
+    torch reads itself, so a folder is to be trusted as the one-file checkpoints' check cannot vouch for it."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    path = Path(path)
+    meta = read_checkpoint(path / SHARDED_META)  # weights_only, before torch reads the rest
+    try:
+        checkpoint = _load_distributed_checkpoint(path)
+    except Exception as err:  # a shard missing or truncated
+        raise ConfigError(f"sharded checkpoint {str(path)!r} cannot be read: {str(err).splitlines()[0]}") from err
+    checkpoint.update(meta)
+    if "model" in checkpoint and "state_dict" not in checkpoint:  # FSDPStrategy's sharded folders name it so
+        checkpoint["state_dict"] = checkpoint.pop("model")
+    return checkpoint
+
+
 def backbone_entry(prefix: str, encoder: Union[EncoderConfig, dict], num_classes: int = 0) -> dict:
     """What an objective's ``on_save_checkpoint`` stores under ``checkpoint["sslvit_backbone"]``: where
     its evaluation backbone's weights are in the state dict, and how to build it."""
@@ -136,20 +179,21 @@ TIMM_PREFIXES = ("hf-hub:", "local-dir:")
 
 
 def read_pretrained(source: Union[str, Path]) -> Pretrained:
-    """A backbone from any source: a fit checkpoint (MAE: the encoder; DINO: the teacher), an export folder, a file
+    """A backbone from any source: a fit checkpoint, one file or a sharded folder (MAE: the encoder; DINO: the
+    teacher), an export folder, a file
     in a released layout (MAE, DINO, DINOv2: ``sslvit.published``), or a timm name (``vit_base_patch16_224.mae``,
     ``hf-hub:ORG/NAME``, ``local-dir:FOLDER``: timm loads it, from its cache or the hub)."""
     text = str(source)
     path = Path(text)
     if text.startswith(TIMM_PREFIXES):
         return Pretrained(_timm_model(text), "timm")
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         if not (path / "config.json").is_file():
             raise ConfigError(f"backbone folder {text!r} has no config.json: not an export folder")
         return Pretrained(_timm_model(f"local-dir:{path}", f"backbone folder {text!r}"), "export")
     if not path.exists() and _is_timm_name(text):
         return Pretrained(_timm_model(text), "timm")
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_sharded_checkpoint(path) if is_sharded_checkpoint(path) else read_checkpoint(path)
     if BACKBONE_KEY in checkpoint or "hyper_parameters" in checkpoint:  # written by sslvit.fit
         state = checkpoint.get("state_dict", {})
         vit = backbone_encoder(checkpoint, text).vit

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from sslvit.checkpoint import load_backbone
+from sslvit.checkpoint import checkpoint_exists, load_backbone
 from sslvit.errors import ConfigError
 from sslvit.files import atomic_write, ready_dir
 from sslvit.models.encoder import check_tokens
@@ -73,7 +73,7 @@ def export_backbone(source: Union[str, Path], out_dir: Union[str, Path], img_siz
 
 def run_of(source: Path) -> Optional[Path]:
     """The run folder a checkpoint was written into (``<run>/checkpoints/*.ckpt``), or the run an export was made from."""
-    if source.is_file() and source.parent.name == "checkpoints":
+    if checkpoint_exists(source) and source.parent.name == "checkpoints":  # a file, or a sharded folder
         return source.parent.parent
     if source.is_dir() and source.name == "export" and (source.parent / "config.yaml").is_file():
         return source.parent

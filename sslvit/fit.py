@@ -36,7 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from sslvit.callbacks import ImagesPerSecond, PlainProgress, SeedPerStep, SkipNonFinite, SkippedSamples, TrainingCurves
-from sslvit.checkpoint import AtomicCheckpointIO, read_checkpoint
+from sslvit.checkpoint import AtomicCheckpointIO, checkpoint_exists, is_sharded_checkpoint, read_checkpoint_meta
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.data.shards import train_urls_and_samples
 from sslvit.errors import ConfigError, TrainingStopped
@@ -163,10 +163,10 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, ckpt_path: Optio
     if resume and ckpt_path:
         raise ConfigError(f"--resume and --ckpt_path={ckpt_path}: give one (--resume continues from {last})")
     if resume:
-        if not last.is_file():
+        if not checkpoint_exists(last):  # a file, or a sharded folder (FSDP)
             raise ConfigError(f"--resume: {last} does not exist, so there is no run to continue in {run_dir}")
         return str(last)
-    if last.is_file() and not ckpt_path:
+    if checkpoint_exists(last) and not ckpt_path:
         if not overwrite:
             raise ConfigError(f"{run_dir} holds a run ({last}): --resume to continue it, --overwrite to start it again, "
                               "or another --trainer.default_root_dir (sslvit fit --out)")
@@ -177,6 +177,16 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, ckpt_path: Optio
                 path = run_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return None
+
+
+def check_sharded_resume(ckpt_path: Optional[str], trainer: Trainer) -> None:
+    """A sharded checkpoint folder (FSDP) is resumed by a sharding strategy, on any number of devices (each
+    rank reads the parts of the shards it now holds); another strategy cannot read it."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    if ckpt_path and is_sharded_checkpoint(ckpt_path) and not isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+        raise ConfigError(f"{ckpt_path} is a sharded checkpoint folder: resume it with the strategy that wrote it "
+                          f"(ModelParallelStrategy or FSDPStrategy, any number of devices), not {type(trainer.strategy).__name__}")
 
 
 def check_train_data(datamodule) -> None:
@@ -235,10 +245,11 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
         ckpt_path = cli.resume_from or cli.config["ckpt_path"]
         if ckpt_path:
             try:  # missing, not a checkpoint, or a pickle that would run code; memory-mapped: only the pickle is read
-                read_checkpoint(ckpt_path, mmap=True)
+                read_checkpoint_meta(ckpt_path)
             except ConfigError as err:
                 raise ConfigError(f"--ckpt_path: {err}") from err
         trainer, model = cli.trainer, cli.model
+        check_sharded_resume(ckpt_path, trainer)
         if not model.automatic_optimization and trainer.accumulate_grad_batches != 1:
             raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: "
                               f"{type(model).__name__} steps its optimiser itself; set "

@@ -55,6 +55,7 @@ class DINOv2Model(nn.Module):
 class DINOv2(SelfDistillation):
     WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ()  # tokens and the position table are decayed (param_groups below)
     lr_rule = "sqrt"  # lr = base_lr x sqrt(global batch / 1024) (dinov2's scaling_rule sqrt_wrt_1024)
+    forward_methods = ("global_tokens",)  # under FSDP: gathers the encoder's embeddings, norm and the mask token
 
     def __init__(
         self,

@@ -26,7 +26,8 @@ from sslvit.errors import ConfigError
 from sslvit.losses.dino import collapse_stats, teacher_temperature
 from sslvit.models.ema import ema_update_
 from sslvit.models.encoder import Encoder, compile_blocks_
-from sslvit.objectives.optim import RunLength, adamw_warmup_cosine, warmup_cosine
+from sslvit.models.sharding import check_all_sharded, shard_net_
+from sslvit.objectives.optim import RunLength, adamw_warmup_cosine, fill_adamw_state_, warmup_cosine
 
 N_GLOBAL = 2  # global crops: the teacher's inputs
 
@@ -48,9 +49,17 @@ class SelfDistillation(LightningModule):
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
 
     def configure_model(self) -> None:
-        """Lightning's hook before the strategy wraps the model and the optimiser is built."""
+        """Lightning's hook before the strategy wraps the model and the optimiser is built: each block compiled
+        (``model.compile``), then, under ModelParallelStrategy, student and teacher sharded alike, unit by unit
+        (``models.sharding``), so that the EMA runs shard by shard."""
         if self.hparams.compile:
             compile_blocks_(self)
+        if self.device_mesh is not None:
+            shard_net_(self.student, self.device_mesh, self.forward_methods)
+            shard_net_(self.teacher, self.device_mesh, self.forward_methods, frozen=True)
+            check_all_sharded(self)
+
+    forward_methods: tuple[str, ...] = ()  # the networks' methods the objective calls instead of forward
 
     def eval_encoder(self) -> Encoder:
         """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""
@@ -108,7 +117,8 @@ class SelfDistillation(LightningModule):
         3. the last layer's gradients dropped in the first ``freeze_last_layer_epochs`` (AdamW then
            leaves those parameters and their moments alone);
         4. AdamW at this step's lr (the scheduler's; in a fit, a non-finite step is dropped here by
-           ``SkipNonFinite``), then the gradients cleared;
+           ``SkipNonFinite``), then the gradients cleared (a frozen last layer gets the state its first step
+           would make: ``fill_adamw_state_``, which sharded checkpoints need);
         5. the teacher moved towards the student (EMA at this step's momentum);
         6. the teacher centers moved from the teacher's outputs on the whole step's batch.
         """
@@ -124,6 +134,8 @@ class SelfDistillation(LightningModule):
                     p.grad = None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.current_epoch < h.freeze_last_layer_epochs:  # the frozen last layer: state as its first step makes it
+            fill_adamw_state_(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
         ema_update_(self.teacher, self.student, self.momentum(step))
         self.update_centers()
 

@@ -21,6 +21,7 @@ from sslvit.models.encoder import Encoder, EncoderConfig, compile_blocks_, encod
 from sslvit.models.mae_decoder import MAEDecoder
 from sslvit.models.masking import random_masking
 from sslvit.models.patches import patchify, unpatchify
+from sslvit.models.sharding import check_all_sharded, shard_net_
 from sslvit.objectives.optim import adamw_warmup_cosine
 
 
@@ -115,9 +116,14 @@ class MAE(LightningModule):
         return loss
 
     def configure_model(self) -> None:
-        """Lightning's hook before the strategy wraps the model and the optimiser is built."""
+        """Lightning's hook before the strategy wraps the model and the optimiser is built: each block compiled
+        (``model.compile``), then, under ModelParallelStrategy, encoder and decoder sharded (``models.sharding``)."""
         if self.hparams.compile:
             compile_blocks_(self)
+        if self.device_mesh is not None:
+            shard_net_(self.encoder, self.device_mesh, methods=("forward_visible",))
+            shard_net_(self.decoder, self.device_mesh)
+            check_all_sharded(self)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -142,6 +142,29 @@ def adamw_warmup_cosine(
 
 
 @torch.no_grad()
+def fill_adamw_state_(optimizer: torch.optim.Optimizer) -> int:
+    """Give every parameter that has no AdamW state yet the state AdamW's first step of it makes (step 0, zero
+    moments), so the step that meets it later runs exactly as with the lazily made state; returns how many.
+
+    A parameter without gradients so far (DINO's last layer in its frozen first epoch) has no state, and a
+    sharded checkpoint written then cannot be loaded: torch.distributed.checkpoint asks the checkpoint for every
+    parameter's state (``get_optimizer_state_dict`` of the fresh optimiser makes them all)."""
+    made = 0
+    for group in optimizer.param_groups:
+        on_device = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            if p.requires_grad and not optimizer.state.get(p):
+                state = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                         "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                         "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                if group.get("amsgrad"):
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                optimizer.state[p] = state
+                made += 1
+    return made
+
+
+@torch.no_grad()
 def clip_grad_per_param_(params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
     """DINO's clipping (its utils.clip_gradients): each parameter's gradient is scaled down to norm
     ``max_norm`` on its own, unlike ``clip_grad_norm_``'s one global norm."""

@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from sslvit.checkpoint import backbone_entry, load_pretrained
 from sslvit.errors import ConfigError
 from sslvit.models.encoder import Encoder, EncoderConfig, compile_blocks_, encoder_config
+from sslvit.models.sharding import check_all_sharded, shard_net_
 from sslvit.objectives.optim import adamw_warmup_cosine
 
 
@@ -108,9 +109,13 @@ class Supervised(LightningModule):
         self.log("val/top5", self.top5)
 
     def configure_model(self) -> None:
-        """Lightning's hook before the strategy wraps the model and the optimiser is built."""
+        """Lightning's hook before the strategy wraps the model and the optimiser is built: each block compiled
+        (``model.compile``), then, under ModelParallelStrategy, the encoder sharded (``models.sharding``)."""
         if self.hparams.compile:
             compile_blocks_(self)
+        if self.device_mesh is not None:
+            shard_net_(self.encoder.vit, self.device_mesh)  # forward calls the timm model itself
+            check_all_sharded(self)
 
     def configure_optimizers(self):
         h = self.hparams
