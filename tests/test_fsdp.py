@@ -237,3 +237,19 @@ def test_a_sharded_checkpoint_under_another_strategy_is_one_line(tmp_path, tiny_
     assert fit_main([str(recipe), "--resume"]) == 2
     lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip() and "Warning" not in ln]
     assert len(lines) == 1 and "is a sharded checkpoint folder" in lines[0] and "SingleDeviceStrategy" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_the_knn_monitor_evaluates_a_sharded_teacher(tmp_path):
+    """Under FSDP the k-NN monitor evaluates a gathered copy of the teacher, so ranks holding different
+    numbers of held-out batches (33 samples, batches of 4) never wait for each other; it reads what DDP reads."""
+    train = shards(tmp_path / "shards")
+    val = make_shards(tmp_path / "val", "val", 33, seed=1)
+    monitor = {"class_path": "sslvit.eval.monitor.KNNMonitor", "init_args": {"k": 5, "batch_size": 4}}
+    summaries = {}
+    for name, strategy in (("fsdp", FSDP), ("ddp", "ddp")):
+        fit(tmp_path / name, "dino", train, 2, strategy, 2, False, f"--trainer.callbacks+={json.dumps(monitor)}",
+            f"--data.val_shards={json.dumps(val)}")
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    assert summaries["fsdp"]["knn_top1_random_init"] == summaries["ddp"]["knn_top1_random_init"]
+    assert abs(summaries["fsdp"]["knn_top1"] - summaries["ddp"]["knn_top1"]) <= 1 / 33 + 1e-6

@@ -23,7 +23,7 @@ MAY_IMPORT = {
     "export": {"errors", "files", "checkpoint", "models", "summary"},
     "callbacks": {"errors", "summary", "figures"},
     "objectives": {"errors", "files", "models", "losses", "checkpoint", "figures"},
-    "eval": {"errors", "files", "data", "checkpoint", "summary"},
+    "eval": {"errors", "files", "data", "models", "checkpoint", "summary"},
 }
 # the front ends: ``cli`` (the sslvit command) uses ``fit`` (training) and ``plan`` (a run sized for a folder);
 # nothing but the entry points (``python -m sslvit``, the command itself) imports ``cli``

@@ -145,6 +145,11 @@ class AttentionMaps(Callback):
             self._images = batch["image"]
         return self._images
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if type(trainer.strategy).__name__ == "ModelParallelStrategy":  # rank 0 alone cannot run a sharded forward
+            raise ConfigError("AttentionMaps does not run under sharded training (ModelParallelStrategy): draw the maps "
+                              "from a checkpoint afterwards with `sslvit attention --backbone CKPT`")
+
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> Path:
         vit = pl_module.eval_encoder().vit
         path = Path(trainer.default_root_dir) / "figures" / f"attention_epoch{epoch:03d}.png"

@@ -20,6 +20,7 @@ from torch import nn
 from sslvit.data.views import eval_view
 from sslvit.eval.features import extract_features, gather_features
 from sslvit.eval.knn import build_index, knn_evaluate
+from sslvit.models.sharding import gathered_copy
 from sslvit.summary import update_summary
 
 
@@ -41,7 +42,7 @@ class KNNMonitor(Callback):
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> float:
         """Top-1 over the whole held-out split; call it on every rank (it gathers and reduces)."""
-        vit = pl_module.eval_encoder().vit
+        vit = gathered_copy(pl_module.eval_encoder()).vit  # under FSDP: every rank gathers it, then runs alone
         view = eval_view(vit)
         dm, rank, world = trainer.datamodule, trainer.global_rank, trainer.world_size
         bank = dm.eval_loader("train", view, self.batch_size, rank, world)

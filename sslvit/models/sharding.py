@@ -69,3 +69,25 @@ def check_all_sharded(module: nn.Module) -> None:
     left = unsharded_parameters(module)
     if left:
         raise RuntimeError(f"{type(module).__name__}: parameters not sharded by configure_model: {left[:6]}")
+
+
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def gathered_copy(encoder: nn.Module) -> nn.Module:
+    """A plain, unsharded copy of a sharded ``Encoder`` (itself when it is not sharded), for evaluation during
+    training (the k-NN monitor): its forward then runs no collective, so ranks may evaluate different numbers
+    of batches.  Every rank must call it: each parameter is gathered once, in the same order on every rank."""
+    from torch.distributed.tensor import DTensor
+
+    if not is_sharded(encoder):
+        return encoder
+    from sslvit.models.encoder import Encoder
+
+    full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in encoder.state_dict().items()}
+    copy = Encoder(encoder.cfg).to(next(iter(full.values())).device)
+    copy.load_state_dict(full)
+    return copy.train(encoder.training)
