@@ -240,7 +240,8 @@ def test_a_sharded_checkpoint_under_another_strategy_is_one_line(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_the_knn_monitor_evaluates_a_sharded_teacher(tmp_path):
+@pytest.mark.parametrize("objective", ["dino", "supervised"])  # a teacher; an encoder with a classifier head
+def test_the_knn_monitor_evaluates_a_sharded_teacher(tmp_path, objective):
     """Under FSDP the k-NN monitor evaluates a gathered copy of the teacher, so ranks holding different
     numbers of held-out batches (33 samples, batches of 4) never wait for each other; it reads what DDP reads."""
     train = shards(tmp_path / "shards")
@@ -248,7 +249,7 @@ def test_the_knn_monitor_evaluates_a_sharded_teacher(tmp_path):
     monitor = {"class_path": "sslvit.eval.monitor.KNNMonitor", "init_args": {"k": 5, "batch_size": 4}}
     summaries = {}
     for name, strategy in (("fsdp", FSDP), ("ddp", "ddp")):
-        fit(tmp_path / name, "dino", train, 2, strategy, 2, False, f"--trainer.callbacks+={json.dumps(monitor)}",
+        fit(tmp_path / name, objective, train, 2, strategy, 2, False, f"--trainer.callbacks+={json.dumps(monitor)}",
             f"--data.val_shards={json.dumps(val)}")
         summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
     assert summaries["fsdp"]["knn_top1_random_init"] == summaries["ddp"]["knn_top1_random_init"]

@@ -169,6 +169,11 @@ def _drop(batch: dict, failed: list[int], reasons: Optional[list[str]] = None) -
     batch["label"] = batch["label"][index]
     batch["key"] = [batch["key"][i] for i in keep]
     batch["url"] = [batch["url"][i] for i in keep]
+    if "encoded" in batch:  # JPEGs still to decode on the device (data.decode: device): renumbered to the kept rows
+        enc, row = batch["encoded"], {old: new for new, old in enumerate(keep)}
+        kept = [j for j, i in enumerate(enc["index"]) if i in row]
+        batch["encoded"] = {"index": [row[enc["index"][j]] for j in kept], "data": [enc["data"][j] for j in kept],
+                            "boxes": [enc["boxes"][j] for j in kept]}
     batch["skipped"] = batch["skipped"] + torch.tensor([len(failed), 0], device=batch["skipped"].device)
 
 

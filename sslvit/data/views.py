@@ -69,6 +69,12 @@ def load_rgb(img: Image.Image, min_scale: float = 1.0) -> Image.Image:
 ORIENTATION = 0x0112  # the EXIF tag
 
 
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of ``img`` as a viewer shows it: swapped where its EXIF orientation turns it by 90 degrees."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+
+
 def exif_orientation(app1: bytes) -> int:
     """The orientation (1: upright) in a JPEG's APP1 segment body ("Exif", two zero bytes, a TIFF header, IFD0), 1 where
     there is none or it does not parse."""
@@ -209,7 +215,7 @@ def decode_crops(src: Source, crops: Sequence[RandomCrop], decode: str = "cpu") 
     ``decode="device"`` a JPEG's boxes only (``Encoded``)."""
     jpeg = jpeg_size(src) if isinstance(src, bytes) else None
     img = None if jpeg else Image.open(io.BytesIO(src)) if isinstance(src, bytes) else src
-    size = jpeg or img.size
+    size = jpeg or upright_size(img)  # the boxes are drawn on the image as a viewer shows it (load_rgb turns it)
     boxes = draw_boxes(crops, *size)
     if jpeg and decode == "device":
         return Encoded(src, boxes)

@@ -88,6 +88,6 @@ def gathered_copy(encoder: nn.Module) -> nn.Module:
     from sslvit.models.encoder import Encoder
 
     full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in encoder.state_dict().items()}
-    copy = Encoder(encoder.cfg).to(next(iter(full.values())).device)
+    copy = Encoder(encoder.cfg, num_classes=encoder.vit.num_classes).to(next(iter(full.values())).device)
     copy.load_state_dict(full)
     return copy.train(encoder.training)

@@ -194,6 +194,23 @@ def test_the_training_views_see_exif_turned_jpegs_upright():
     assert crop[0, :4].float().mean() > 200 and crop[2, -4:].float().mean() > 200  # red on top, blue at the bottom
 
 
+def test_crops_of_an_exif_turned_jpeg_are_the_crops_of_the_upright_image():
+    """The crop boxes are drawn on the upright image: a turned phone photo is not stretched (0.75 x 1.33)."""
+    rng = np.random.default_rng(0)
+    upright = (np.linspace(0, 255, 96)[:, None, None] * np.ones((96, 48, 3)) + rng.integers(0, 9, (96, 48, 3))).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned back 90 degrees: the viewer turns it clockwise
+    turned = encoded(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif, quality=95)
+    plain = encoded(Image.fromarray(upright), "JPEG", quality=95)
+    view = MAEView(24, crop_scale=(0.2, 0.5))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        a = view(turned).float()
+        torch.manual_seed(seed)
+        b = view(plain).float()
+        assert (a - b).abs().mean() < 6, seed
+
+
 # --- manifests and caches -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["{", '{"shards": {"a.tar": "12"}}', '{"shards": {"a.tar": 1.5}}', '{"shards": {}, "sets": 3}'])

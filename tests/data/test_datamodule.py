@@ -95,6 +95,27 @@ def test_a_jpeg_the_device_cannot_decode_is_dropped_named_and_counted(tmp_path):
     assert out["skipped"].tolist() == [1, 0]
 
 
+def test_a_sample_dropped_before_device_decode_leaves_images_and_labels_in_step(tmp_path):
+    """A sample taken out on the host (a class past the head) before the device decodes the JPEGs: the rest
+    are decoded into their own rows, each image with its own label."""
+    from types import SimpleNamespace
+
+    shards = jpeg_shards(tmp_path / "shards", 8)
+    kw = dict(train_shards=shards, view="mae", img_size=16, batch_size=8, num_workers=0, epoch_samples=8, shuffle_buffer=0,
+              hflip=False)  # the flips are drawn per row: a dropped row moves them
+    whole = ShardDataModule(**kw, decode="device")
+    plain = whole.on_after_batch_transfer(next(iter(whole.train_dataloader())), 0)  # nothing dropped
+    dm = ShardDataModule(**kw, decode="device")
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(needs_labels=True, hparams={"num_classes": 10}))
+    batch["label"][2] = 12  # past a head of 10 classes
+    with pytest.warns(UserWarning, match="not below model.num_classes=10"):
+        out = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
+    keep = [i for i in range(8) if i != 2]
+    assert out["key"] == [plain["key"][i] for i in keep]
+    assert torch.equal(out["image"], plain["image"][keep])
+
+
 def test_evaluation_batches_are_only_normalised():
     dm = ShardDataModule(train_shards="digits:train", view="multicrop")
     evaluated = torch.randn(2, 3, 8, 8)  # timm's view: normalised already
