@@ -23,6 +23,7 @@ import re
 import warnings
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -248,10 +249,10 @@ def collate(items: list[tuple], skips: Skips, placeholder: Optional[Callable[[],
 
 
 class BatchSeeds:
-    """The views' random numbers (the crop boxes) as a function of the batch: batch ``b`` is viewed
-    with the torch generator seeded by ``seed_of(b)``, swapped in around each sample and out again, so the
-    model's own random numbers never mix with the data's, and a stream resumed at batch ``b`` views it
-    exactly as the first run did."""
+    """The views' random numbers (the crop boxes; timm's RandAugment and crops draw from Python's ``random`` and
+    numpy too) as a function of the batch: batch ``b`` is viewed with the torch, Python and numpy generators
+    seeded from ``seed_of(b)``, swapped in around each sample and out again, so the model's own random numbers
+    never mix with the data's, and a stream resumed at batch ``b`` views it exactly as the first run did."""
 
     def __init__(self, seed_of: Callable[[int], int]) -> None:
         self.seed_of = seed_of
@@ -260,16 +261,22 @@ class BatchSeeds:
     def start(self, batch: int) -> None:
         # the state torch.manual_seed would give the global generator, without its calls into every device
         # type (each records a stack trace while CUDA is not initialised: 2 ms a batch)
-        self.state = torch.Generator().manual_seed(self.seed_of(batch)).get_state()
+        seed = self.seed_of(batch)
+        self.state = (torch.Generator().manual_seed(seed).get_state(), random.Random(seed).getstate(),
+                      np.random.RandomState(seed % 2**32).get_state())
 
     def view(self, sample: dict, view: Callable) -> tuple:
-        saved = torch.get_rng_state()
-        torch.set_rng_state(self.state)
+        saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        torch.set_rng_state(self.state[0])
+        random.setstate(self.state[1])
+        np.random.set_state(self.state[2])
         try:
             return apply_view(sample, view)
         finally:
-            self.state = torch.get_rng_state()
-            torch.set_rng_state(saved)
+            self.state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
 
 
 def check_decodes(sample: dict, view: Callable) -> tuple:
