@@ -34,8 +34,17 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sslvit.callbacks import ImagesPerSecond, PlainProgress, SeedPerStep, SkipNonFinite, SkippedSamples, TrainingCurves
+from sslvit.callbacks import (
+    ImagesPerSecond,
+    PlainProgress,
+    SaveOnSignal,
+    SeedPerStep,
+    SkipNonFinite,
+    SkippedSamples,
+    TrainingCurves,
+)
 from sslvit.checkpoint import AtomicCheckpointIO, read_checkpoint
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.data.shards import train_urls_and_samples
@@ -136,7 +145,7 @@ class FitCLI(LightningCLI):
         if kwargs.get("logger", logger) and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step", log_weight_decay=True))  # every param group
         callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"]),
-                      TrainingCurves()]
+                      TrainingCurves(), SaveOnSignal(run_dir / LAST)]
         if not sys.stdout.isatty():  # a log file (SLURM, nohup): plain lines, not a bar redrawn with \r
             kwargs["enable_progress_bar"] = False
             callbacks.append(PlainProgress(cfg["progress_every_n_steps"]))
@@ -244,6 +253,11 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
                               f"{type(model).__name__} steps its optimiser itself; set "
                               "model.init_args.accumulate_grad_batches instead")
         trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException as err:  # SIGTERM or SIGUSR1: last.ckpt is saved (SaveOnSignal)
+        signalled = next((c for c in cli.trainer.callbacks if isinstance(c, SaveOnSignal)), None)
+        if signalled is None or signalled.saved_at is None:
+            raise
+        raise signalled.stopped() from err
     except (TrainingStopped, KeyboardInterrupt):
         raise
     except Exception as err:

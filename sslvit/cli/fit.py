@@ -99,10 +99,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def fit(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sslvit.errors import ConfigError, TrainingStopped
+    from sslvit.errors import ConfigError, Signalled, TrainingStopped
 
     try:
         return _fit(args, overrides)
+    except Signalled as err:
+        if rank_zero():
+            print(f"{PROG}: {err}", file=sys.stderr, flush=True)
+        return err.exit_status
     except TrainingStopped as err:
         print(f"{PROG}: stopped: {err}", file=sys.stderr)
         return 1
