@@ -145,11 +145,11 @@ def test_sigterm_and_sigusr1_save_say_so_and_exit_non_zero_and_the_run_resumes_e
         run = recipe(tmp_path, tiny_shards["train"], sig.name, 2, "mae")
         last = tmp_path / sig.name / "checkpoints" / "last.ckpt"
         proc = subprocess.Popen([sys.executable, "-m", "sslvit.fit", str(run), "--progress_every_n_steps=1"],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         for line in proc.stdout:  # one plain progress line a step (stdout is not a terminal)
             if line.startswith(f"step {at}/"):
                 break
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig)  # to every process of the job, loader workers too, as a scheduler sends it
         out, err = proc.communicate(timeout=120)
         stopped = [ln for ln in err.splitlines() if ln.startswith("sslvit fit: stopped")]
         assert proc.returncode == 128 + sig, err[-3000:]

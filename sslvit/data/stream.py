@@ -442,6 +442,16 @@ class EvalStream(IterableDataset):
         yield from batches(samples, self.view, self.batch_size, skips, partial=True)
 
 
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A scheduler signals every process of a job (SLURM's scancel, a pre-emption: SIGTERM; --signal: SIGUSR1); torch's
+    workers die of a SIGTERM that is not their parent's, and the main process then fails on the lost worker before it
+    has saved.  The main process stops the run (sslvit.callbacks.SaveOnSignal) and shuts its workers down itself."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class StreamLoader(DataLoader):
     """A DataLoader over a stream; ``position_of()`` -> (epoch, batches already trained in it) is handed
     to the stream each time an epoch starts (Lightning only tells map-style samplers, and restarts an
@@ -462,6 +472,7 @@ class StreamLoader(DataLoader):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
             prefetch_factor=4 if num_workers else None,
+            worker_init_fn=_leave_stop_signals_to_the_main_process,
         )
         self.position_of = position_of
 
