@@ -158,3 +158,22 @@ def test_sigterm_and_sigusr1_save_say_so_and_exit_non_zero_and_the_run_resumes_e
         assert stopped == [f"sslvit fit: stopped by {sig.name} at step {step}; saved {last}, continue with --resume"], err[-3000:]
         assert main([str(run), "--resume"]) == 0
         assert_same_state(torch.load(last, weights_only=True), reference, f"{sig.name} at step {step}")
+
+
+def test_the_fine_tuning_view_never_drops_a_sample_at_randaugments_top_magnitude():
+    """RandAugment at magnitude 10 with increasing severity posterizes to 0 bits, which today's Pillow refuses: the
+    sample was dropped as corrupt, and a resumed run (which passes over trained batches unviewed) dropped another."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from sslvit.data.views import finetune_view
+
+    view = finetune_view(32, auto_augment="rand-n2-m10-mstd0-inc1")  # every op at its top level, 2 per image
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    for _ in range(200):  # posterize is 1 of 15 ops: drawn about 26 times
+        assert view(image).shape == (3, 32, 32)
