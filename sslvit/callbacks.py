@@ -2,16 +2,20 @@
 
 import os
 import random
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sslvit.errors import TrainingStopped
+from sslvit.errors import Signalled, TrainingStopped
 from sslvit.summary import update_summary
 
 
@@ -271,3 +275,67 @@ class TrainingCurves(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         for key, points in state_dict.get("history", {}).items():
             self.history[key] = [(int(s), float(v)) for s, v in points]
+
+
+class SaveOnSignal(Callback):
+    """SIGTERM (a scheduler pre-empting the job, ``kill``) or SIGUSR1 (SLURM's ``--signal=USR1@120`` warning
+    before the time limit): the run stops after the batch in hand, writes ``last.ckpt`` and ends with
+    ``Signalled``, which ``sslvit fit`` prints as one line and exits 128 + the signal's number with.
+
+    Lightning does the stopping: its SIGTERM handler (installed just before training starts) sets
+    ``trainer.received_sigterm`` and passes the signal on to DDP's other local ranks, and its loops then raise
+    ``SIGTERMException`` at the end of the batch (on every rank at the same batch); on its own that exits with
+    status 0 and saves nothing.  This callback routes SIGUSR1 to the same handler and writes the checkpoint at
+    the end of the batch (or epoch), on every rank (a sharded save is collective), or in ``on_exception`` where
+    the signal came during validation, as Lightning's ``OnExceptionCheckpoint`` does; ``sslvit.fit`` then
+    raises ``stopped()``.
+    Under SLURM with auto-requeue, SIGUSR1 stays Lightning's: it saves and requeues the job itself."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, last: Path) -> None:
+        self.last = Path(last)
+        self.received: Optional[int] = None
+        self.saved_at: Optional[int] = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        lightning = signal.getsignal(signal.SIGTERM)
+
+        def stop(signum, frame) -> None:
+            self.received = self.received or signum
+            if callable(lightning):
+                lightning(signum, frame)
+
+        for signum in self.SIGNALS:
+            if signum == signal.SIGTERM or signal.getsignal(signum) in (None, signal.SIG_DFL):
+                signal.signal(signum, stop)  # Lightning's teardown puts back what was there before fit
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._save_if_stopping(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save_if_stopping(trainer)
+
+    def _save_if_stopping(self, trainer) -> None:
+        """Saved where ModelCheckpoint saves (a batch's end, an epoch's end): the points Lightning's restore continues
+        from exactly.  Once the loops raise SIGTERMException they have moved on to a state it does not."""
+        stop = self.received is not None or trainer.received_sigterm
+        if trainer.world_size > 1:  # every rank saves at the same point (Lightning itself syncs the flag each batch)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self.saved_at != trainer.global_step:
+            trainer.save_checkpoint(self.last, weights_only=False)
+            self.saved_at = trainer.global_step
+            trainer._signal_connector.received_sigterm = True  # Lightning stops at this point on every rank
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and self.saved_at != trainer.global_step:
+            trainer.save_checkpoint(self.last, weights_only=False)  # the signal came during validation
+            self.saved_at = trainer.global_step
+
+    def stopped(self) -> Signalled:
+        """What ``sslvit.fit`` raises once Lightning has torn the run down (workers, loggers, the handlers)."""
+        signum = self.received or signal.SIGTERM
+        return Signalled(f"stopped by {signal.Signals(signum).name} at step {self.saved_at}; saved {self.last}, "
+                         "continue with --resume", signum)

@@ -9,7 +9,7 @@
   file or the new one, whole, never half of one.  ``durable=True`` also fsyncs the file and its folder,
   so the rename survives a power cut or a lost node (checkpoints: the one file a resumed run needs).
 * ``atomic_folder(path)``: the same for a folder that is written once and then only read.
-* ``ready_dir(path, what)``: a folder that exists, or one line saying why it cannot, before long work.
+* ``ready_dir(path, what)``: a folder that exists and can be written, or one line saying why not, before long work.
 """
 
 import os
@@ -103,11 +103,18 @@ def remove_partial_writes(folder: Union[str, Path]) -> list[Path]:
 
 
 def ready_dir(path: Union[str, Path], what: str) -> Path:
-    """``path`` as a folder that exists (made if need be), checked before any long work; a file in the
-    way or an uncreatable path is a ``ConfigError`` naming ``what`` (a flag or a recipe key)."""
+    """``path`` as a folder that exists (made if need be) and can be written, checked before any long work; a
+    file in the way, an uncreatable path or a read-only folder is a ``ConfigError`` naming ``what``."""
     folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}probe.")  # read-only, full quota: said here
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
-        raise ConfigError(f"{what} {str(path)!r}: {err.strerror or err}") from None
+        raise ConfigError(f"{what} {str(path)!r} cannot be written: {err.strerror or err}"
+                          + (f" ({err.filename})" if err.filename and not str(err.filename).startswith(str(folder)) else "")
+                          ) from None
     return folder

@@ -14,11 +14,15 @@ starts.  Everything a run makes stays in ``trainer.default_root_dir``:
     figures/                 curves.png (loss, lr, k-NN over steps), MAE reconstructions, attention maps
     summary.json             final metrics
 
-A run folder that holds a ``last.ckpt`` is never trained into from scratch by mistake: ``resume``
-continues from it, ``overwrite`` starts again (the old checkpoints, figures and summary go), and
-without either the fit stops in one line.
+A run folder that holds a checkpoint (a finished or a partial run) is never trained into afresh by mistake:
+``resume`` continues from its ``last.ckpt``, ``overwrite`` starts again (the old checkpoints, figures and
+summary go), and without either the fit stops in one line, as it does for a run folder, or a cache folder
+(``$SSLVIT_CACHE``, where the embedded digits are written), that cannot be written.  SIGTERM and SIGUSR1 save
+``last.ckpt`` and stop (``sslvit.callbacks.SaveOnSignal``); a disk that fills up during a save stops the run
+in one line, and the previous checkpoint stands (``sslvit.checkpoint.AtomicCheckpointIO``).
 """
 
+import errno
 import json
 import sys
 import types
@@ -34,15 +38,26 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sslvit.callbacks import ImagesPerSecond, PlainProgress, SeedPerStep, SkipNonFinite, SkippedSamples, TrainingCurves
+from sslvit.callbacks import (
+    ImagesPerSecond,
+    PlainProgress,
+    SaveOnSignal,
+    SeedPerStep,
+    SkipNonFinite,
+    SkippedSamples,
+    TrainingCurves,
+)
 from sslvit.checkpoint import AtomicCheckpointIO, checkpoint_exists, is_sharded_checkpoint, read_checkpoint_meta
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.data.shards import train_urls_and_samples
 from sslvit.errors import ConfigError, TrainingStopped
-from sslvit.files import remove_partial_writes
+from sslvit.files import cache_root, ready_dir, remove_partial_writes
 from sslvit.machine import check_machine, trainer_error
+from sslvit.models.encoder import encoder_config
 from sslvit.recipes import FOLDER as RECIPES
+from sslvit.recipes import check_file as check_recipe_file
 from sslvit.recipes import find as find_recipe
 from sslvit.summary import read_summary, update_summary
 
@@ -115,7 +130,11 @@ class FitCLI(LightningCLI):
                 raise ConfigError(f"--{key}={cfg[key]} must be at least {low}")
         check_machine(trainer_cfg)
         self.resume_from = claim_run_dir(run_dir, cfg["resume"], cfg["overwrite"], cfg["ckpt_path"])
+        if isinstance(self.datamodule, ShardDataModule) and "digits:" in str(
+                [self.datamodule.hparams.train_shards, self.datamodule.hparams.val_shards]):
+            ready_dir(cache_root(), "the cache folder (SSLVIT_CACHE)")  # where the digits' shards are written
         check_train_data(self.datamodule)  # a wrong path stops here, before the run folder is made
+        ready_dir(run_dir, "the run folder (trainer.default_root_dir)")
         logger = trainer_cfg.get("logger")
         if logger is not False:  # CSV and TensorBoard always, beside the recipe's own loggers (W&B, MLflow, ...)
             own = [] if logger in (None, True) else list(logger) if isinstance(logger, (list, tuple)) else [logger]
@@ -136,7 +155,7 @@ class FitCLI(LightningCLI):
         if kwargs.get("logger", logger) and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step", log_weight_decay=True))  # every param group
         callbacks += [ImagesPerSecond(), SeedPerStep(), SkippedSamples(), SkipNonFinite(cfg["max_nonfinite_steps"]),
-                      TrainingCurves()]
+                      TrainingCurves(), SaveOnSignal(run_dir / LAST)]
         if not sys.stdout.isatty():  # a log file (SLURM, nohup): plain lines, not a bar redrawn with \r
             kwargs["enable_progress_bar"] = False
             callbacks.append(PlainProgress(cfg["progress_every_n_steps"]))
@@ -153,8 +172,9 @@ class FitCLI(LightningCLI):
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, ckpt_path: Optional[str]) -> Optional[str]:
-    """The checkpoint ``resume`` continues from; refuses to start from scratch over another run's ``last.ckpt``
-    (unless ``overwrite``, which clears that run's checkpoints, figures and summary first, on rank 0 only)."""
+    """The checkpoint ``resume`` continues from.  A folder that holds a run (a checkpoint, finished or partial)
+    is trained into only to continue it (``resume``, or ``ckpt_path`` naming its ``last.ckpt``) or, with
+    ``overwrite``, to start again (that run's checkpoints, figures and summary go first, on rank 0 only)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     last = run_dir / LAST
@@ -162,14 +182,22 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, ckpt_path: Optio
         raise ConfigError("--resume and --overwrite: give one (continue the run, or start it again)")
     if resume and ckpt_path:
         raise ConfigError(f"--resume and --ckpt_path={ckpt_path}: give one (--resume continues from {last})")
+    held = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     if resume:
         if not checkpoint_exists(last):  # a file, or a sharded folder (FSDP)
-            raise ConfigError(f"--resume: {last} does not exist, so there is no run to continue in {run_dir}")
+            partial = f" (it holds {held[-1].name}: --ckpt_path={held[-1]})" if held else ""
+            raise ConfigError(f"--resume: {last} does not exist, so there is no run to continue in {run_dir}{partial}")
         return str(last)
-    if checkpoint_exists(last) and not ckpt_path:
+    continues = ckpt_path is not None and Path(ckpt_path).resolve() == last.resolve()
+    if held and not continues:
         if not overwrite:
-            raise ConfigError(f"{run_dir} holds a run ({last}): --resume to continue it, --overwrite to start it again, "
+            start = f"from --ckpt_path={ckpt_path}" if ckpt_path else "from scratch"
+            raise ConfigError(f"{run_dir} holds a run ({held[-1] if not checkpoint_exists(last) else last}), which a fit {start} "
+                              "would replace: --resume to continue it, --overwrite to start it again, "
                               "or another --trainer.default_root_dir (sslvit fit --out)")
+        if ckpt_path and Path(ckpt_path).resolve().is_relative_to((run_dir / "checkpoints").resolve()):
+            raise ConfigError(f"--overwrite would delete --ckpt_path={ckpt_path} with the rest of {run_dir / 'checkpoints'}: "
+                              "copy it elsewhere first, or start in another --trainer.default_root_dir")
         if rank_zero_only.rank == 0:
             import shutil
 
@@ -201,6 +229,22 @@ def _chain(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
+def disk_full(err: BaseException) -> bool:
+    """A write that found no space (torch.save reports it as a RuntimeError with the OSError as its context)."""
+    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _chain(err))
+
+
+def stopped_by_full_disk(err: BaseException, run_dir: Path) -> TrainingStopped:
+    """One line: what is full, and the checkpoint that stands (writes are atomic: the last whole one is kept)."""
+    cause = next(e for e in _chain(err) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+    try:
+        kept = f"{run_dir / LAST} (step {read_checkpoint_meta(run_dir / LAST)['global_step']}) stands"
+    except (ConfigError, KeyError):
+        kept = "no whole checkpoint had been written"
+    return TrainingStopped(f"{cause.strerror} while writing in {run_dir}: {kept}; "
+                           "make room and continue with --resume")
+
+
 def one_line(err: BaseException) -> str:
     """A recipe error as one line: our own ConfigError if it is in the chain, else the key jsonargparse
     names (``Parser key "model"``) with the innermost reason (``Option 'mask_ratoi' is not accepted``)."""
@@ -228,6 +272,8 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
     # TF32 for fp32 matmuls on GPUs that have it (Ampere on), as Lightning advises; bf16-mixed recipes use bf16
     torch.set_float32_matmul_precision("high")
     configs = [a for r in recipes for a in ("--config", str(find_recipe(r)))]
+    for path in configs[1::2]:
+        check_recipe_file(Path(path))
     if not configs:
         raise ConfigError("no recipe given: a shipped name (sslvit recipes lists them), a YAML file, or sslvit fit --data DIR")
     try:
@@ -240,34 +286,111 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
             seed_everything_default=0,
             parser_kwargs={"exit_on_error": False, "prog": "sslvit fit RECIPE"},
             run=False,
-            args=[*configs, *overrides],
+            args=[*configs, *map(nested_null, overrides)],
         )
         ckpt_path = cli.resume_from or cli.config["ckpt_path"]
+        trainer, model = cli.trainer, cli.model
+        check_run(cli.config["trainer"], model, cli.datamodule)
         if ckpt_path:
             try:  # missing, not a checkpoint, or a pickle that would run code; memory-mapped: only the pickle is read
-                read_checkpoint_meta(ckpt_path)
+                checkpoint = read_checkpoint_meta(ckpt_path)  # a sharded folder: its meta.pt, no weights
             except ConfigError as err:
                 raise ConfigError(f"--ckpt_path: {err}") from err
-        trainer, model = cli.trainer, cli.model
+            check_resumable(checkpoint, model, ckpt_path)
         check_sharded_resume(ckpt_path, trainer)
         if not model.automatic_optimization and trainer.accumulate_grad_batches != 1:
             raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: "
                               f"{type(model).__name__} steps its optimiser itself; set "
                               "model.init_args.accumulate_grad_batches instead")
+        before = read_summary(Path(trainer.default_root_dir))  # a damaged one is said (and set aside) before training
         trainer.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException as err:  # SIGTERM or SIGUSR1: last.ckpt is saved (SaveOnSignal)
+        signalled = next((c for c in cli.trainer.callbacks if isinstance(c, SaveOnSignal)), None)
+        if signalled is None or signalled.saved_at is None:
+            raise
+        raise signalled.stopped() from err
     except (TrainingStopped, KeyboardInterrupt):
         raise
     except Exception as err:
+        if disk_full(err):
+            raise stopped_by_full_disk(err, Path(cli.trainer.default_root_dir)) from err
         if not any(isinstance(e, (ArgumentError, ConfigError)) for e in _chain(err)):
             raise  # our bug: keep the traceback
         raise ConfigError(one_line(err)) from err
     run_dir = Path(trainer.default_root_dir)
     if trainer.state.finished:
-        trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # the final step, whole
-    written = read_summary(run_dir)  # figures callbacks wrote themselves (k-NN, skipped samples) stand
-    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k not in written}
+        try:
+            trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # the final step, whole
+        except Exception as err:
+            if not disk_full(err):
+                raise
+            raise stopped_by_full_disk(err, run_dir) from err
+    written = read_summary(run_dir)  # figures callbacks wrote themselves in this run (k-NN, skipped samples) stand;
+    fresh = {k for k, v in written.items() if k not in before or before[k] != v}  # what a resumed run logs replaces the last
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k not in fresh}
     update_summary(run_dir, global_step=trainer.global_step, recipe=" + ".join(map(recipe_name, recipes)), **metrics)
     return Run(run_dir, read_summary(run_dir), bool(trainer.state.finished))
+
+
+def nested_null(arg: str) -> str:
+    """``--model.init_args.encoder.init_values=null`` as ``--model.init_args.encoder={"init_values": null}``: the same
+    override, in the form jsonargparse (4.x) takes; the dotted one reaches a dataclass field of a subclass's
+    argument as the string "None", which an ``Optional[float]`` then refuses."""
+    name, _, value = arg.partition("=")
+    parts = name.removeprefix("--").split(".")
+    if value.strip() in ("null", "None", "~") and len(parts) == 4 and parts[:2] == ["model", "init_args"] \
+            and parts[3] not in ("class_path", "init_args"):
+        return f"--{'.'.join(parts[:3])}={json.dumps({parts[3]: None})}"
+    return arg
+
+
+def check_run(trainer_cfg: dict, model: LightningModule, datamodule) -> None:
+    """What Lightning or the model would fail on later (a ZeroDivisionError, an AssertionError at step 1) or do
+    silently wrong, said before any work starts."""
+    accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+    if accumulate is not None and accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate} must be at least 1")
+    if not isinstance(datamodule, ShardDataModule):
+        return
+    data = datamodule.hparams
+    if data.get("epoch_samples") is not None and data.epoch_samples < 1:
+        raise ConfigError(f"data.epoch_samples={data.epoch_samples} must be at least 1 (or null: counted from the shards)")
+    encoder = getattr(model, "hparams", {}).get("encoder")
+    if encoder is not None and data.get("img_size") is not None:
+        size = encoder_config(encoder).img_size
+        if data.img_size != size:
+            crops = "global crops" if data.get("view") == "multicrop" else "images"
+            raise ConfigError(f"data.img_size={data.img_size}, but model.init_args.encoder.img_size={size}: the {crops} "
+                              "must be the encoder's size; set both to one value"
+                              + (" (the local crops have their own, data.local_img_size)" if crops == "global crops" else ""))
+
+
+def check_resumable(checkpoint: dict, model: LightningModule, path: str) -> None:
+    """A checkpoint this run can continue from: written by a fit (Lightning's training state), of this objective,
+    with every tensor of this model at this model's shape; else one line, before any work starts."""
+    sharded = is_sharded_checkpoint(path)  # its meta.pt: the training state without the weights
+    if not all(k in checkpoint for k in ("pytorch-lightning_version", "loops", *(() if sharded else ("state_dict",)))):
+        raise ConfigError(f"--ckpt_path: {path} is not a training checkpoint written by sslvit fit (it has no Lightning "
+                          "training state); to start from its weights, see model.init_args.init_from")
+    theirs = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "")).rsplit(".", 1)[-1]
+    ours = type(model).__name__
+    if theirs and theirs != ours:
+        raise ConfigError(f"--ckpt_path: {path} is a {theirs} checkpoint; this recipe trains {ours}")
+    if sharded:  # torch.distributed.checkpoint compares the shards' shapes itself when it loads them
+        return
+
+    def plain(state: dict) -> dict:  # regional torch.compile wraps blocks in _orig_mod
+        return {k.replace("._orig_mod", ""): tuple(v.shape) for k, v in state.items()}
+    saved, here = plain(checkpoint["state_dict"]), plain(model.state_dict())
+    missing, extra = sorted(here.keys() - saved.keys()), sorted(saved.keys() - here.keys())
+    shapes = [k for k in here if k in saved and here[k] != saved[k]]
+    if shapes:
+        k = shapes[0]
+        raise ConfigError(f"--ckpt_path: {path} is of another model size: {k} is {list(saved[k])} there and {list(here[k])} "
+                          f"here ({len(shapes)} tensors differ; the recipe's model.init_args.encoder must be the checkpoint's)")
+    if missing or extra:
+        raise ConfigError(f"--ckpt_path: {path} does not hold this model: {len(missing)} tensors missing "
+                          f"({', '.join(missing[:2]) or '-'}), {len(extra)} unknown ({', '.join(extra[:2]) or '-'})")
 
 
 def recipe_name(recipe: Union[str, Path]) -> str:

@@ -26,6 +26,9 @@ def check_machine(trainer_cfg: dict) -> None:
 
     accelerator = str(trainer_cfg.get("accelerator") or "auto").lower()
     devices = trainer_cfg.get("devices", "auto")
+    if devices in (0, "0", [], ()) or (isinstance(devices, int) and devices < -1):
+        raise ConfigError(f"trainer.devices={devices}: give at least one device (a count, a list of indices, -1 for "
+                          "all, or auto)")
     cpu_fix = "--trainer.accelerator=cpu --trainer.devices=1 --trainer.strategy=auto --trainer.precision=32-true"
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():

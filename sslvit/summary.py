@@ -1,7 +1,13 @@
-"""``<run>/summary.json``: the run's final figures, merged by whoever reports them (rank 0 only)."""
+"""``<run>/summary.json``: the run's final figures, merged by whoever reports them (rank 0 only).
+
+A summary.json that is not a JSON object (damaged by hand, a full disk, another tool) is said in one line,
+kept beside as ``summary.json.damaged``, and written again from what this run reports: it never stops a run.
+"""
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -11,7 +17,23 @@ from sslvit.files import atomic_write
 
 def read_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+        if isinstance(summary, dict):
+            return summary
+        reason = f"a JSON {type(summary).__name__}, not an object"
+    except (ValueError, OSError) as err:  # not JSON, not UTF-8, unreadable
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    kept = path.with_name(path.name + ".damaged")
+    try:
+        os.replace(path, kept)
+    except FileNotFoundError:  # another rank or process moved it first
+        return {}
+    print(f"sslvit: {path} is damaged ({reason}); kept as {kept.name}, written again from this run's figures",
+          file=sys.stderr, flush=True)
+    return {}
 
 
 @rank_zero_only

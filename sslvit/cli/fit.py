@@ -99,10 +99,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def fit(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sslvit.errors import ConfigError, TrainingStopped
+    from sslvit.errors import ConfigError, Signalled, TrainingStopped
 
     try:
         return _fit(args, overrides)
+    except Signalled as err:
+        if rank_zero():
+            print(f"{PROG}: {err}", file=sys.stderr, flush=True)
+        return err.exit_status
     except TrainingStopped as err:
         print(f"{PROG}: stopped: {err}", file=sys.stderr)
         return 1
@@ -125,7 +129,10 @@ def _fit(args: argparse.Namespace, overrides: list[str]) -> int:
     front: dict = {}
     plan = None
     if args.data:
+        from sslvit.files import cache_root, ready_dir
         from sslvit.plan import plan as make_plan
+
+        ready_dir(cache_root(), "the cache folder (SSLVIT_CACHE)")  # where the folder is written as shards
 
         plan = make_plan(args.data, args.method or "mae", args.model, args.epochs, args.budget, args.out, logged=rank_zero())
         if rank_zero():

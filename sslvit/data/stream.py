@@ -26,6 +26,7 @@ import re
 import warnings
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -292,10 +293,10 @@ def collate(items: list[tuple], skips: Skips, placeholder: Optional[Callable[[],
 
 
 class BatchSeeds:
-    """The views' random numbers (the crop boxes) as a function of the batch: batch ``b`` is viewed
-    with the torch generator seeded by ``seed_of(b)``, swapped in around each sample and out again, so the
-    model's own random numbers never mix with the data's, and a stream resumed at batch ``b`` views it
-    exactly as the first run did."""
+    """The views' random numbers (the crop boxes; timm's RandAugment and crops draw from Python's ``random`` and
+    numpy too) as a function of the batch: batch ``b`` is viewed with the torch, Python and numpy generators
+    seeded from ``seed_of(b)``, swapped in around each sample and out again, so the model's own random numbers
+    never mix with the data's, and a stream resumed at batch ``b`` views it exactly as the first run did."""
 
     def __init__(self, seed_of: Callable[[int], int]) -> None:
         self.seed_of = seed_of
@@ -304,16 +305,22 @@ class BatchSeeds:
     def start(self, batch: int) -> None:
         # the state torch.manual_seed would give the global generator, without its calls into every device
         # type (each records a stack trace while CUDA is not initialised: 2 ms a batch)
-        self.state = torch.Generator().manual_seed(self.seed_of(batch)).get_state()
+        seed = self.seed_of(batch)
+        self.state = (torch.Generator().manual_seed(seed).get_state(), random.Random(seed).getstate(),
+                      np.random.RandomState(seed % 2**32).get_state())
 
     def view(self, sample: dict, view: Callable) -> tuple:
-        saved = torch.get_rng_state()
-        torch.set_rng_state(self.state)
+        saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        torch.set_rng_state(self.state[0])
+        random.setstate(self.state[1])
+        np.random.set_state(self.state[2])
         try:
             return apply_view(sample, view)
         finally:
-            self.state = torch.get_rng_state()
-            torch.set_rng_state(saved)
+            self.state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
 
 
 def check_decodes(sample: dict, view: Callable) -> tuple:
@@ -479,6 +486,16 @@ class EvalStream(IterableDataset):
         yield from batches(samples, self.view, self.batch_size, skips, partial=True)
 
 
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A scheduler signals every process of a job (SLURM's scancel, a pre-emption: SIGTERM; --signal: SIGUSR1); torch's
+    workers die of a SIGTERM that is not their parent's, and the main process then fails on the lost worker before it
+    has saved.  The main process stops the run (sslvit.callbacks.SaveOnSignal) and shuts its workers down itself."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class StreamLoader(DataLoader):
     """A DataLoader over a stream; ``position_of()`` -> (epoch, batches already trained in it) is handed
     to the stream each time an epoch starts (Lightning only tells map-style samplers, and restarts an
@@ -499,6 +516,7 @@ class StreamLoader(DataLoader):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
             prefetch_factor=4 if num_workers else None,
+            worker_init_fn=_leave_stop_signals_to_the_main_process,
         )
         self.position_of = position_of
 

@@ -356,10 +356,28 @@ def finetune_view(
     normalised, which the DataModule passes through."""
     import timm.data
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.data.auto_augment import posterize
 
-    return timm.data.create_transform(
+    transform = timm.data.create_transform(
         input_size=img_size, is_training=True, scale=tuple(crop_scale), hflip=0.5 if hflip else 0.0,
         color_jitter=None,  # MAE passes none; timm turns jitter off under RandAugment anyway
         auto_augment=auto_augment, interpolation="bicubic",
         re_prob=re_prob, re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
     )
+    for step in transform.transforms:
+        for op in getattr(step, "ops", ()):  # RandAugment's
+            if op.aug_fn is posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize, with 0 bits kept giving the black image the reference code's Pillow gave: RandAugment's
+    increasing posterize asks for 0 bits at magnitude 10 (m9 with std 0.5 reaches it), which today's Pillow refuses
+    ("bits must be between 1 and 8"), so the sample was dropped as if it were corrupt (and a resumed run, which
+    passes over the trained batches without viewing them, dropped a different one)."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    from timm.data.auto_augment import posterize
+
+    return posterize(img, bits_to_keep, **kwargs)

@@ -59,6 +59,42 @@ def find(recipe: Union[str, Path]) -> Path:
     raise ConfigError(f"recipe {str(recipe)!r} is neither a file nor a shipped recipe: {hint}known: {', '.join(known)}")
 
 
+MAX_VALUES = 100_000  # a recipe is a few hundred values; YAML aliases that expand past this are a mistake or a bomb
+
+
+def check_file(path: Path) -> None:
+    """A recipe file jsonargparse can take, or one line: UTF-8 text, valid YAML, no alias that refers to itself
+    or expands to more than ``MAX_VALUES`` values (jsonargparse copies every alias out: a recursive one never
+    ends, a "billion laughs" one fills the memory)."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe {str(path)!r} is not a text file (byte {err.start} is not UTF-8)") from None
+    except OSError as err:
+        raise ConfigError(f"recipe {str(path)!r} cannot be read: {err.strerror or err}") from None
+    if "\0" in text:
+        raise ConfigError(f"recipe {str(path)!r} is not a text file (it holds NUL bytes)")
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    count, stack = 0, [(tree, ())]
+    while stack:  # walked as jsonargparse will see it: every alias copied out
+        node, parents = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"recipe {str(path)!r}: its YAML aliases expand to more than {MAX_VALUES:,} values")
+        if isinstance(node, (dict, list)):
+            if id(node) in parents:
+                raise ConfigError(f"recipe {str(path)!r}: a YAML alias refers to itself (a recursive anchor)")
+            children = node.values() if isinstance(node, dict) else node
+            stack += [(child, (*parents, id(node))) for child in children]
+
+
 def describe(path: Union[str, Path]) -> Recipe:
     """The command and the Purpose / Hardware / Reaches lines of a recipe's opening comment."""
     path = Path(path)
