@@ -296,8 +296,8 @@ def train(recipes: Sequence[Union[str, Path]], overrides: Sequence[str] = ()) ->
                 checkpoint = read_checkpoint_meta(ckpt_path)  # a sharded folder: its meta.pt, no weights
             except ConfigError as err:
                 raise ConfigError(f"--ckpt_path: {err}") from err
+            check_sharded_resume(ckpt_path, trainer)
             check_resumable(checkpoint, model, ckpt_path)
-        check_sharded_resume(ckpt_path, trainer)
         if not model.automatic_optimization and trainer.accumulate_grad_batches != 1:
             raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: "
                               f"{type(model).__name__} steps its optimiser itself; set "
