@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # FSDP2 as the recipes run it (sslvit.models.sharding): student and teacher sharded alike, each block and head a unit
-FSDP = '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}'
+FSDP = '{"class_path": "sslvit.strategies.ModelParallelStrategy"}'
 ROOT = HERE.parent
 
 

@@ -94,11 +94,45 @@ def atomic_folder(path: Union[str, Path]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+REPLACED = ".replaced"  # the old folder, while replace_folder puts a new one in its place
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def replace_folder(new: Union[str, Path], path: Union[str, Path]) -> None:
+    """Puts the finished folder ``new`` (written beside it, e.g. a sharded checkpoint saved again) in the place of
+    ``path`` (a folder or a file, or nothing yet).  No folder can be swapped for another in one rename, so it takes
+    two: ``path`` is the old one whole, then the new one whole; a kill between them leaves the old one as
+    ``path`` + ``REPLACED``, which :func:`remove_partial_writes` puts back."""
+    new, path = Path(new), Path(path)
+    old = path.with_name(path.name + REPLACED)
+    _remove(old)  # a finished replacement's leftover (remove_partial_writes has put back an unfinished one)
+    if path.exists() or path.is_symlink():
+        path.rename(old)
+    new.rename(path)
+    fsync_folder(path.parent)
+    _remove(old)
+
+
 def remove_partial_writes(folder: Union[str, Path]) -> list[Path]:
-    """Temporary files a killed writer left in ``folder`` (never a finished file: those are renamed whole)."""
-    stale = sorted(Path(folder).glob(f"{TMP_PREFIX}*")) if Path(folder).is_dir() else []
+    """Temporary files a killed writer left in ``folder`` (never a finished file: those are renamed whole); an old
+    folder that a killed :func:`replace_folder` had taken out of the way is put back, or dropped if its
+    replacement made it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(folder.glob(f"{TMP_PREFIX}*"))
     for f in stale:
-        shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+        _remove(f)
+    for old in sorted(folder.glob(f"*{REPLACED}")):
+        path = old.with_name(old.name[: -len(REPLACED)])
+        if path.exists():
+            _remove(old)
+            stale.append(old)
+        else:
+            old.rename(path)
     return stale
 
 

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -129,6 +130,8 @@ class FitCLI(LightningCLI):
             if cfg[key] < low:
                 raise ConfigError(f"--{key}={cfg[key]} must be at least {low}")
         check_machine(trainer_cfg)
+        if rank_zero_only.rank == 0:  # what a kill during a save left; a replaced checkpoint folder put back whole
+            remove_partial_writes(run_dir / "checkpoints")
         self.resume_from = claim_run_dir(run_dir, cfg["resume"], cfg["overwrite"], cfg["ckpt_path"])
         if isinstance(self.datamodule, ShardDataModule) and "digits:" in str(
                 [self.datamodule.hparams.train_shards, self.datamodule.hparams.val_shards]):
@@ -162,7 +165,6 @@ class FitCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         plugins = trainer_cfg.get("plugins") or []
         kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
-        remove_partial_writes(run_dir / "checkpoints")  # what a kill during a save left (never last.ckpt itself)
         try:
             return super().instantiate_trainer(**kwargs)
         except ConfigError:
@@ -175,8 +177,6 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, ckpt_path: Optio
     """The checkpoint ``resume`` continues from.  A folder that holds a run (a checkpoint, finished or partial)
     is trained into only to continue it (``resume``, or ``ckpt_path`` naming its ``last.ckpt``) or, with
     ``overwrite``, to start again (that run's checkpoints, figures and summary go first, on rank 0 only)."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     last = run_dir / LAST
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite: give one (continue the run, or start it again)")

@@ -37,7 +37,7 @@ MODELS = {
                               **HEADS, "ibot_separate_head": True, "ibot_out_dim": 48, "ibot_hidden_dim": 32,
                               "ibot_bottleneck_dim": 16}}, MULTICROP),
 }
-FSDP = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
+FSDP = {"class_path": "sslvit.strategies.ModelParallelStrategy"}  # Lightning's, its folders replaced whole
 FULL_FILE = {**FSDP, "init_args": {"save_distributed_checkpoint": False}}  # one gathered file, as DDP writes
 
 

@@ -20,6 +20,7 @@ MAY_IMPORT = {
     "summary": {"files"},
     "published": {"errors", "models"},  # released checkpoints' layouts -> timm / sslvit names
     "checkpoint": {"errors", "files", "models", "published"},
+    "strategies": {"files"},  # Lightning's strategies with sslvit's checkpoint writes
     "export": {"errors", "files", "checkpoint", "models", "summary"},
     "callbacks": {"errors", "summary", "figures"},
     "objectives": {"errors", "files", "models", "losses", "checkpoint", "figures"},
