@@ -6,6 +6,7 @@ its student and its EMA, run on the shards, is the EMA of the gathered tensors; 
 or one full file) resumes on 1 rank; ``sslvit export`` of it gives the features of the trained backbone."""
 
 import json
+import os
 import subprocess
 import sys
 from functools import cache
@@ -105,6 +106,10 @@ def fit(run: Path, objective: str, shards: list, devices: int, strategy, steps: 
          f"--trainer.strategy={strategy if isinstance(strategy, str) else json.dumps(strategy)}", f"--trainer.callbacks=[{json.dumps(callback)}]",
          *(["--resume"] if resume else []), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
+        # one thread per rank: two ranks share the cores, and a fixed summation order inside each op leaves only
+        # FSDP's and DDP's reductions to differ (with a thread count of its own choosing, DINOv2's Adam steps on
+        # near-zero gradients moved apart by more than the tolerance in one CI run)
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return torch.load(run / "rank0.pt", weights_only=True)
