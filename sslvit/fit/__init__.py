@@ -435,8 +435,3 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":  # python -m sslvit.fit: the `sslvit fit` command
-    from sslvit.cli.fit import main
-
-    sys.exit(main())
