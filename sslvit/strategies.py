@@ -9,7 +9,6 @@ its part (``files.replace_folder``), so ``last.ckpt`` is always one save whole, 
 are (``checkpoint.AtomicCheckpointIO``).  Everything else is Lightning's.
 """
 
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,10 +22,7 @@ class ModelParallelStrategy(LightningModelParallelStrategy):
         if not self._save_distributed_checkpoint:  # one file, written by rank 0 through the CheckpointIO
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
-        partial = path.with_name(f"{TMP_PREFIX}{path.name}")
-        if self.global_rank == 0 and partial.exists():  # a killed save's parts
-            shutil.rmtree(partial)
-        self.barrier("sslvit_save_start")
+        partial = path.with_name(f"{TMP_PREFIX}{path.name}")  # a killed save's: cleared when the fit starts
         super().save_checkpoint(checkpoint, partial, storage_options)
         self.barrier("sslvit_save_written")  # every rank's shards are in ``partial``
         if self.global_rank == 0:
