@@ -258,10 +258,12 @@ def label_of(sample: dict) -> int:
     return int(match.group(1))
 
 
-def apply_view(sample: dict, view: Callable) -> tuple:
+def apply_view(sample: dict, view: Callable, generator: Optional[torch.Generator] = None) -> tuple:
     """(view output, label, key, shard URL). Our training views take the member's bytes and decode what
-    their crops need (``takes_undecoded``); any other view gets the decoded RGB image."""
-    out = view(image_bytes(sample)) if getattr(view, "takes_undecoded", False) else view(load_rgb(open_image(sample)))
+    their crops need (``takes_undecoded``); any other view gets the decoded RGB image.  A view that
+    ``takes_generator`` draws its random numbers from ``generator``."""
+    src = image_bytes(sample) if getattr(view, "takes_undecoded", False) else load_rgb(open_image(sample))
+    out = view(src, generator=generator) if generator is not None else view(src)
     return out, label_of(sample), sample["__key__"], sample.get("__url__", "")
 
 
@@ -293,23 +295,31 @@ def collate(items: list[tuple], skips: Skips, placeholder: Optional[Callable[[],
 
 
 class BatchSeeds:
-    """The views' random numbers (the crop boxes; timm's RandAugment and crops draw from Python's ``random`` and
-    numpy too) as a function of the batch: batch ``b`` is viewed with the torch, Python and numpy generators
-    seeded from ``seed_of(b)``, swapped in around each sample and out again, so the model's own random numbers
-    never mix with the data's, and a stream resumed at batch ``b`` views it exactly as the first run did."""
+    """The views' random numbers as a function of the batch, so that a stream resumed at batch ``b`` views it
+    exactly as the first run did, and the model's own random numbers never mix with the data's.  Batch ``b``
+    is viewed with a generator seeded from ``seed_of(b)``: our views draw from it directly
+    (``takes_generator``); any other view (timm's RandAugment and crops draw from Python's ``random`` and
+    numpy too) gets the torch, Python and numpy global generators swapped in around each sample, seeded the
+    same way, and out again (a fifth of a millisecond per sample, which our views do not pay)."""
 
     def __init__(self, seed_of: Callable[[int], int]) -> None:
         self.seed_of = seed_of
-        self.state = None
+        self.generator, self.state = None, None
 
     def start(self, batch: int) -> None:
-        # the state torch.manual_seed would give the global generator, without its calls into every device
-        # type (each records a stack trace while CUDA is not initialised: 2 ms a batch)
         seed = self.seed_of(batch)
-        self.state = (torch.Generator().manual_seed(seed).get_state(), random.Random(seed).getstate(),
-                      np.random.RandomState(seed % 2**32).get_state())
+        # a generator of its own, not torch.manual_seed: that calls into every device type (each records a
+        # stack trace while CUDA is not initialised: 2 ms a batch)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state = None
+        self.seed = seed
 
     def view(self, sample: dict, view: Callable) -> tuple:
+        if getattr(view, "takes_generator", False):
+            return apply_view(sample, view, self.generator)
+        if self.state is None:
+            self.state = (self.generator.get_state(), random.Random(self.seed).getstate(),
+                          np.random.RandomState(self.seed % 2**32).get_state())
         saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
         torch.set_rng_state(self.state[0])
         random.setstate(self.state[1])
