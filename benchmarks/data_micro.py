@@ -7,8 +7,9 @@ thread (as a loader worker runs), each choice against what it replaced:
 
 1. reading shards: Python's ``tarfile`` inside WebDataset against ``stream.read_shards`` (our header
    reader; both grouped by WebDataset's ``group_by_keys``), per sample;
-2. decoding a JPEG into a uint8 tensor: PIL (open, load, ``pil_to_tensor``) against
-   ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight into a tensor);
+2. decoding a JPEG into a uint8 tensor: PIL (open, load, ``pil_to_tensor``), ``torchvision.io.decode_jpeg``
+   (libjpeg-turbo straight into a tensor), ``simplejpeg`` (libjpeg-turbo into a fresh array) and
+   ``views._libjpeg_turbo`` (simplejpeg into the reused decode buffer: ours);
 3. drawing 12 crop boxes: torchvision's ``RandomResizedCrop.make_params`` per crop against
    ``views.draw_boxes`` (one ``torch.rand`` for all);
 4. cutting a random crop (scale 0.2-1) and resizing it to 224: PIL's bicubic ``resize(box=...)`` + to
@@ -30,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import simplejpeg
 import torch
 import webdataset as wds
 from PIL import Image
@@ -41,7 +43,7 @@ from data_throughput import make_images  # noqa: E402
 
 from sslvit.data.folder import folder_to_shards  # noqa: E402
 from sslvit.data.stream import Skips, TrainStream, read_shards, stack  # noqa: E402
-from sslvit.data.views import MAEView, RandomCrop, decode_jpeg, draw_boxes  # noqa: E402
+from sslvit.data.views import MAEView, RandomCrop, _libjpeg_turbo, decode_jpeg, draw_boxes, jpeg_size  # noqa: E402
 
 
 def per_item_ms(fn, items, repeats: int = 5) -> float:
@@ -72,7 +74,11 @@ def main() -> None:
 
     rows += [("decode to a uint8 tensor, PIL", per_item_ms(lambda bs: [F.pil_to_tensor(Image.open(io.BytesIO(b)).convert("RGB"))
                                                                        for b in bs], blobs)),
-             ("decode to a uint8 tensor, torchvision.io.decode_jpeg (ours)", per_item_ms(lambda bs: [decode_jpeg(b) for b in bs], blobs))]
+             ("decode to a uint8 tensor, torchvision.io.decode_jpeg", per_item_ms(lambda bs: [decode_jpeg(b) for b in bs], blobs)),
+             ("decode to a uint8 tensor, simplejpeg", per_item_ms(lambda bs: [torch.from_numpy(simplejpeg.decode_jpeg(b, "RGB"))
+                                                                             for b in bs], blobs)),
+             ("decode to a uint8 tensor, simplejpeg into a reused buffer (ours)",
+              per_item_ms(lambda bs: [_libjpeg_turbo(b, *jpeg_size(b)) for b in bs], blobs))]
 
     crop = RandomCrop(224, (0.2, 1.0))
     reference = v2.RandomResizedCrop(224, scale=(0.2, 1.0))
@@ -116,9 +122,9 @@ def main() -> None:
     def cum(pred) -> float:
         return max((v[3] for k, v in stats.items() if pred(k)), default=0.0)
 
-    decode = cum(lambda k: k[0].endswith("sslvit/data/views.py") and k[2] == "decode_jpeg")
+    decode = cum(lambda k: k[0].endswith("sslvit/data/views.py") and k[2] == "_libjpeg_turbo")
     resize_time = cum(lambda k: k[0].endswith("sslvit/data/views.py") and k[2] == "cut")
-    tar = cum(lambda k: k[0].endswith("webdataset/tariterators.py") and k[2] == "group_by_keys")
+    tar = cum(lambda k: k[0].endswith("sslvit/data/stream.py") and k[2] == "read_shards")
     print(f"\nTrainStream + MAEView, cProfile over {8 * 32} images ({total / 256 * 1e3:.2f} ms/image under the profiler):")
     for name, t in (("JPEG decode", decode), ("crop + resize (RandomCrop.cut)", resize_time), ("tar reading and grouping", tar)):
         print(f"  {name}: {t / total:.0%}")
