@@ -37,7 +37,8 @@ def mae_step(size: str, batch: int, device: torch.device, precision: str, decode
     model = model.to(device)
     if compile:
         compile_blocks_(model, backend=backend)  # as model.compile: true does (the warm-up steps compile)
-    opt = torch.optim.AdamW(param_groups(model, 0.05, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, betas=(0.9, 0.95))
+    # fused, as sslvit trains (objectives/optim.py)
+    opt = torch.optim.AdamW(param_groups(model, 0.05, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, betas=(0.9, 0.95), fused=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     imgs = torch.randn(batch, 3, img_size, img_size, device=device)
 

@@ -133,7 +133,7 @@ def lightly_dino_step(batch: int, out_dim: int, local_crops: int, clip_grad: flo
 def dino_steps(args: argparse.Namespace, local_crops: int, device: torch.device) -> dict[str, Callable[[], None]]:
     """sslvit's and lightly's DINO steps with ``local_crops`` 96 px crops."""
     ours = dino_args(["--batch", str(args.dino_batch), "--out-dim", str(args.out_dim), "--local-crops", str(local_crops),
-                      "--clip-grad", str(args.clip_grad), "--device", args.device])
+                      "--clip-grad", str(args.clip_grad), "--device", args.device] + (["--compile"] if args.compile else []))
     return {"sslvit": dino_step(ours, device),
             "lightly": lightly_dino_step(args.dino_batch, args.out_dim, local_crops, args.clip_grad, device)}
 
@@ -154,6 +154,8 @@ def main() -> None:
     ap.add_argument("--local-cost", action="store_true",
                     help="also time both DINOs on the 2 global crops alone, in the same rounds: what the local crops cost each")
     ap.add_argument("--clip-grad", type=float, default=3.0, help="DINO's per-parameter clipping on both sides; 0: none")
+    ap.add_argument("--compile", action="store_true",
+                    help="sslvit's steps with model.compile: true (each timm block through torch.compile; lightly has no such switch)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="also write the run (machine, versions, rows, ratios) here as one JSON object")
     args = ap.parse_args()
@@ -162,13 +164,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     run = {"machine": machine(device), "torch": torch.__version__, "timm": timm.__version__, "lightly": lightly.__version__,
-           "threads": args.threads, "clock": args.clock}
+           "threads": args.threads, "clock": args.clock, "sslvit_compiled": args.compile}
     print(json.dumps(run), flush=True)
 
     groups = []  # (batch, {model: {peer: step}}): the steps of one group are timed in the same rounds
     if args.only in (None, "mae"):
         groups.append((args.mae_batch, {f"MAE ViT-S/16, decoder {args.mae_decoder_depth}x512, batch {args.mae_batch}": {
-            "sslvit": mae_step("small", args.mae_batch, device, "fp32", args.mae_decoder_depth),
+            "sslvit": mae_step("small", args.mae_batch, device, "fp32", args.mae_decoder_depth, compile=args.compile),
             "lightly": lightly_mae_step(args.mae_batch, args.mae_decoder_depth, device),
         }}))
     if args.only in (None, "dino"):
