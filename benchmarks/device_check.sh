@@ -5,12 +5,12 @@
 #   benchmarks/device_check.sh OUT_DIR            # on the GPU machine (the device tool: see below)
 #   benchmarks/device_check.sh OUT_DIR --dry-run  # tiny models on a CPU, a few minutes: the script works
 #
-# The lent GPU machine has torch, lightning, timm and torchmetrics but not webdataset, braceexpand, faiss or
-# jsonargparse: their wheels travel in .whl/ (ignored by git), made here once with
+# The lent GPU machine has torch, lightning, timm and torchmetrics but not webdataset, braceexpand, faiss,
+# simplejpeg or jsonargparse: their wheels travel in .whl/ (ignored by git), made here once with
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl webdataset braceexpand faiss-cpu jsonargparse docstring-parser typeshed-client
+#     -d .whl webdataset braceexpand faiss-cpu simplejpeg jsonargparse docstring-parser typeshed-client
 # and the device tool's run is: carry [".whl"], command
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 #   && benchmarks/device_check.sh $OUT
