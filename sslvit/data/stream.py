@@ -247,11 +247,14 @@ INT64_MAX = 2**63 - 1
 
 
 def label_of(sample: dict) -> int:
-    """The sample's class from its ``.cls`` member (-1 where it has none); one that is not a whole number from 0 to
-    2^63 - 1 (what a label tensor holds) raises, so that the sample is skipped and counted with its value."""
+    """The sample's class from its ``.cls`` member (-1 where it has none, or where it says -1: unlabelled, the batch's
+    own convention); one that is not a whole number from 0 to 2^63 - 1 (what a label tensor holds) raises, so that
+    the sample is skipped and counted with its value."""
     if "cls" not in sample:
         return -1
     text = sample["cls"].decode("utf-8", "replace").strip()
+    if text == "-1":
+        return -1
     match = re.fullmatch(r"\+?0*([0-9]{1,19})", text)
     if match is None or int(match.group(1)) > INT64_MAX:
         raise ValueError(f".cls {text[:40]!r} is not a class number from 0 to 2^63 - 1")

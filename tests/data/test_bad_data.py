@@ -62,12 +62,13 @@ BAD_LABELS = [b"-3", b"99999999999999999999", b"9223372036854775808", b"1.5", b"
 
 
 def test_labels_no_class_can_have_are_skipped_and_counted_naming_shard_key_and_value(tmp_path):
-    members = [("good-0.png", png()), ("good-0.cls", b"3"), ("good-1.png", png()), ("good-1.cls", b" 9223372036854775807\n")]
+    members = [("good-0.png", png()), ("good-0.cls", b"3"), ("good-1.png", png()), ("good-1.cls", b" 9223372036854775807\n"),
+               ("good-2.png", png()), ("good-2.cls", b"-1\n")]  # -1: unlabelled, as a batch says it
     for i, value in enumerate(BAD_LABELS):
         members += [(f"bad-{i}.png", png()), (f"bad-{i}.cls", value)]
     url = tar(tmp_path / "labels.tar", members)
     keys, labels, skipped, said = eval_batches([url])
-    assert keys == ["good-0", "good-1"] and labels == [3, 2**63 - 1]
+    assert keys == ["good-0", "good-1", "good-2"] and labels == [3, 2**63 - 1, -1]
     assert skipped == len(BAD_LABELS)
     for i, value in enumerate(BAD_LABELS[:5]):  # the readable ones, named with shard and key
         assert any(f"{url}:bad-{i}" in w and repr(value.decode()) in w for w in said), (value, said)
