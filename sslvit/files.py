@@ -94,6 +94,25 @@ def atomic_folder(path: Union[str, Path]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def exclusive(lock: Union[str, Path]) -> Iterator[None]:
+    """``with exclusive(path.with_name(path.name + ".lock")):`` one process at a time on this machine (an advisory
+    ``flock`` on ``lock``, created if missing; where ``fcntl`` is missing, Windows, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 REPLACED = ".replaced"  # the old folder, while replace_folder puts a new one in its place
 
 

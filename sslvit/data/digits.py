@@ -15,7 +15,7 @@ from PIL import Image
 
 from sslvit.data.shards import ShardWriter, checked_shards, register_embedded, shard_pattern, update_manifest
 from sslvit.errors import ConfigError
-from sslvit.files import atomic_folder, cache_root
+from sslvit.files import atomic_folder, cache_root, exclusive
 
 VAL_FRACTION = 1 / 6  # 300 held-out images, stratified
 SEED = 0
@@ -34,8 +34,16 @@ def digits_shards(root: Optional[Path] = None) -> Path:
     out = (root or cache_root()) / "digits-v1"
     if checked_shards(out) is not None:
         return out
-    if out.exists():  # damaged (a shard gone, truncated or replaced, a broken manifest): written again
-        shutil.rmtree(out)
+    with exclusive(out.with_name(out.name + ".lock")):  # ranks (or runs) that find it missing or damaged at once
+        if checked_shards(out) is not None:  # another one wrote it while this one waited
+            return out
+        if out.exists():  # damaged (a shard gone, truncated or replaced, a broken manifest): written again
+            shutil.rmtree(out)
+        _write(out)
+    return out
+
+
+def _write(out: Path) -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -53,7 +61,6 @@ def digits_shards(root: Optional[Path] = None) -> Path:
                     writer.write(sample)
             update_manifest(tmp, shard_pattern(split).fullmatch, writer.counts,
                             {split: {"source": "sklearn.datasets.load_digits", "samples": len(ids)}})
-    return out
 
 
 def digits_split(split: str) -> list[str]:

@@ -6,7 +6,9 @@ checked before they are trusted; make_shards never hangs on a FIFO or reads /dev
 import io
 import json
 import os
+import shutil
 import tarfile
+import time
 import warnings
 from pathlib import Path
 
@@ -241,6 +243,38 @@ def test_the_digits_cache_is_checked_and_written_again_when_damaged(tmp_path, ho
     manifest = read_manifest(again)
     assert sum(manifest["shards"].values()) == 1797
     assert all(tar_samples(again / name) == n for name, n in manifest["shards"].items())
+
+
+def _rebuild_and_count(root: str, started, counted) -> None:
+    started.set()
+    folder = digits_shards(Path(root))
+    counted.put(sum(tar_samples(folder / name) for name in read_manifest(folder)["shards"]))
+
+
+def test_a_rank_that_finds_the_digits_cache_damaged_waits_for_the_one_writing_it(tmp_path):
+    """Ranks of one node that find the cache damaged at once: one writes it again while the others wait, then read
+    what it wrote; none removes the folder another has just written and is reading."""
+    import multiprocessing
+
+    from sslvit.data import digits
+    from sslvit.files import exclusive
+
+    folder = digits_shards(tmp_path)
+    damage(folder, "truncated")
+    ctx = multiprocessing.get_context("spawn")
+    started, counted = ctx.Event(), ctx.Queue()
+    with exclusive(folder.with_name(folder.name + ".lock")):  # this process is the rank writing it
+        other = ctx.Process(target=_rebuild_and_count, args=(str(tmp_path), started, counted))
+        other.start()
+        assert started.wait(120)
+        time.sleep(2.0)  # writing the digits takes well under a second: a rank that did not wait would be done
+        assert other.is_alive()
+        shutil.rmtree(folder)
+        digits._write(folder)
+        written = (folder / "manifest.json").stat().st_mtime_ns
+    assert counted.get(timeout=120) == 1797
+    other.join(60)
+    assert other.exitcode == 0 and (folder / "manifest.json").stat().st_mtime_ns == written  # read, not written again
 
 
 @pytest.mark.parametrize("how", ["truncated", "manifest"])
