@@ -183,6 +183,21 @@ def test_a_run_started_from_another_checkpoint_does_not_replace_the_folders_run(
     assert step_of(run) == 4
 
 
+def test_a_resume_at_another_global_batch_is_one_line_and_costs_nothing(made, tmp_path, capsys):
+    """More devices (or another data.batch_size) on resume would go on at the old lr with schedules of the old
+    length: refused before the first step, the checkpoint untouched; the same global batch resumes."""
+    run = copy_run(made, tmp_path)
+    batch = yaml.safe_load(made["recipe"].read_text())["data"]["batch_size"]
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    argv = [str(made["recipe"]), f"--trainer.default_root_dir={run}", "--trainer.max_steps=3", "--resume"]
+    capsys.readouterr()
+    assert main([*argv, f"--data.batch_size={2 * batch}"]) == 2
+    line = one_line(capsys)
+    assert f"trained at global batch {batch}" in line and f"this run's is {2 * batch}" in line, line
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before and step_of(run) == 2
+    assert main(argv) == 0 and step_of(run) == 3
+
+
 def test_a_damaged_summary_is_said_in_one_line_and_costs_nothing(made, tmp_path, capsys):
     run = copy_run(made, tmp_path)
     (run / "summary.json").write_text('{"global_step": 2, "train/loss": ')  # cut short

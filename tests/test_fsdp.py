@@ -190,7 +190,8 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_exports(objective, runs, 
     import shutil
 
     shutil.copytree(run, resumed)
-    one = fit(resumed, objective, shards(run.parent / "shards"), 1, FSDP, steps=3, resume=True)
+    # on one rank at the same global batch (2 x 4 = 1 x 8), as the README says; another is refused (test_bad_input_runs.py)
+    one = fit(resumed, objective, shards(run.parent / "shards"), 1, FSDP, 3, True, "--data.batch_size=8")
     assert one["global_step"] == 3
     assert_states_close(one["start"], two["state"], atol=0)  # every weight and the EMA teacher, from 2 ranks to 1
     moved = max((one["state"][k].float() - two["state"][k].float()).abs().max().item() for k in two["state"])

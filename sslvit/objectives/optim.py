@@ -105,6 +105,25 @@ class RunLength:
         return min(self.counted, fits) if self.counted else fits
 
 
+class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
+    """The lr schedule (a LambdaLR), which also keeps in checkpoints the global batch its lr was set from: a run
+    resumed at another global batch (more GPUs at the same ``data.batch_size``) would go on at the old lr with
+    schedules the length of the old steps, so it stops before the first step with one line saying what to keep."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_lambda, global_batch: int) -> None:
+        self.global_batch = global_batch
+        super().__init__(optimizer, lr_lambda)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        trained = state_dict.get("global_batch", self.global_batch)  # (checkpoints from before it was kept: unchecked)
+        if trained != self.global_batch:
+            raise ConfigError(
+                f"the checkpoint was trained at global batch {trained} (its lr and the schedules' length were set from "
+                f"it) and this run's is {self.global_batch}: set data.batch_size so that data.batch_size x devices x "
+                f"nodes x accumulation = {trained}")
+        super().load_state_dict(state_dict)
+
+
 def adamw_warmup_cosine(
     module: LightningModule,
     base_lr: float,
@@ -135,9 +154,7 @@ def adamw_warmup_cosine(
         group.setdefault("wd_scale", 1.0 if group["weight_decay"] else 0.0)
     # fused: one kernel per step, and the non-finite skip (SkipNonFinite) reads its verdict on the device
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup, run_length(), 1.0, min_lr / lr)
-    )
+    scheduler = WarmupCosine(optimizer, lambda step: warmup_cosine(step, warmup, run_length(), 1.0, min_lr / lr), batch)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 
