@@ -113,6 +113,11 @@ def read_sharded_checkpoint(path: Union[str, Path]) -> dict:
     return checkpoint
 
 
+def read_fit_checkpoint(path: Union[str, Path]) -> dict:
+    """A checkpoint ``sslvit.fit`` wrote, one file or a sharded folder (FSDP), as one dict."""
+    return read_sharded_checkpoint(path) if is_sharded_checkpoint(path) else read_checkpoint(path)
+
+
 def backbone_entry(prefix: str, encoder: Union[EncoderConfig, dict], num_classes: int = 0) -> dict:
     """What an objective's ``on_save_checkpoint`` stores under ``checkpoint["sslvit_backbone"]``: where
     its evaluation backbone's weights are in the state dict, and how to build it."""
@@ -193,7 +198,7 @@ def read_pretrained(source: Union[str, Path]) -> Pretrained:
         return Pretrained(_timm_model(f"local-dir:{path}", f"backbone folder {text!r}"), "export")
     if not path.exists() and _is_timm_name(text):
         return Pretrained(_timm_model(text), "timm")
-    checkpoint = read_sharded_checkpoint(path) if is_sharded_checkpoint(path) else read_checkpoint(path)
+    checkpoint = read_fit_checkpoint(path)
     if BACKBONE_KEY in checkpoint or "hyper_parameters" in checkpoint:  # written by sslvit.fit
         state = checkpoint.get("state_dict", {})
         vit = backbone_encoder(checkpoint, text).vit

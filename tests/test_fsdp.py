@@ -186,6 +186,13 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_exports(objective, runs, 
     with torch.no_grad():
         torch.testing.assert_close(vit.forward_features(x), encoder.eval().vit.forward_features(x))
 
+    from sslvit.analysis.analyze import load
+
+    analyzed = load(last)  # sslvit analyze reads the checkpoint (a sharded folder is not an export folder)
+    with torch.no_grad():
+        torch.testing.assert_close(analyzed.vit.eval().forward_features(x), vit.forward_features(x))
+    assert analyzed.pos_embed == saved["sslvit_backbone"]["encoder"]["pos_embed"]
+
     resumed = run.parent / f"{run.name}_resumed"
     import shutil
 

@@ -24,7 +24,7 @@ from sslvit.analysis.fourier import fourier_figure, relative_profile
 from sslvit.analysis.layers import LayerStats, layer_stats
 from sslvit.analysis.pos_embed_similarity import cosine_grid, distance_profile, patch_position_table, pos_embed_figure
 from sslvit.analysis.reconstruction import MASK_RATIOS, mae_from_checkpoint, reconstruct, reconstruction_figure
-from sslvit.checkpoint import backbone_encoder, load_backbone, read_checkpoint
+from sslvit.checkpoint import backbone_encoder, is_sharded_checkpoint, load_backbone, read_fit_checkpoint
 from sslvit.data.shards import expand_urls
 from sslvit.data.stream import EvalStream, StreamLoader
 from sslvit.data.views import eval_view
@@ -42,13 +42,14 @@ class Backbone:
 
 
 def load(path: Union[str, Path], name: Optional[str] = None) -> Backbone:
-    """A fit checkpoint or an export folder (errors a user can cause are ``ConfigError``s naming the path)."""
+    """A fit checkpoint (one file, or a sharded folder) or an export folder (errors a user can cause are
+    ``ConfigError``s naming the path)."""
     name = name or str(path)
-    if Path(path).is_dir():
+    if Path(path).is_dir() and not is_sharded_checkpoint(path):
         vit = load_backbone(path)
         kind = "none" if vit.pos_embed is None else "a table (an export folder does not record which variant)"
         return Backbone(name, str(path), vit, kind, "an export folder holds the encoder only, no MAE decoder")
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_fit_checkpoint(path)
     mae = mae_from_checkpoint(checkpoint)
     encoder = mae.encoder if isinstance(mae, MAE) else backbone_encoder(checkpoint, str(path))  # loaded once
     return Backbone(name, str(path), encoder.vit, encoder.cfg.pos_embed, mae)
