@@ -246,7 +246,9 @@ def _libjpeg_turbo(src: bytes, width: int, height: int, min_scale: float = 1.0) 
     w, h = math.ceil(width * scale), math.ceil(height * scale)  # libjpeg's scaled size
     buffer = getattr(_DECODE, "buffer", None)
     if buffer is None or buffer.nbytes < w * h * 3:
-        buffer = _DECODE.buffer = np.empty(w * h * 3, dtype=np.uint8)
+        buffer = np.empty(w * h * 3, dtype=np.uint8)
+        if buffer.nbytes <= KEPT_BUFFER:  # one giant image does not hold its memory for the rest of the run
+            _DECODE.buffer = buffer
     try:
         rgb = simplejpeg.decode_jpeg(src, "RGB", min_width=w, min_height=h, buffer=buffer)
     except ValueError:
@@ -255,6 +257,7 @@ def _libjpeg_turbo(src: bytes, width: int, height: int, min_scale: float = 1.0) 
 
 
 _DECODE = threading.local()  # each thread's (each loader worker's) decode buffer
+KEPT_BUFFER = 64 << 20  # bytes: a 4,600 x 4,600 photo decoded whole
 
 
 def check_decodes(src: bytes, decode: str = "cpu") -> None:

@@ -4,6 +4,7 @@ the views only decode and crop; the evaluation view is timm's; normalisation on 
 torchvision's.  (The photometric steps: tests/data/test_augment.py.)"""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_crop_from_a_draft_decode_matches_the_full_resolution_crop(source):
 
 
 def test_libjpeg_turbo_and_pil_decodes_cut_the_same_crops():
-    """A JPEG's bytes go to torchvision.io.decode_jpeg, an opened image through PIL: the same boxes, the
+    """A JPEG's bytes go to libjpeg-turbo (simplejpeg), an opened image through PIL: the same boxes, the
     same decoder underneath (libjpeg-turbo), the same crops."""
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
@@ -84,6 +85,28 @@ def test_libjpeg_turbo_and_pil_decodes_cut_the_same_crops():
     torch.manual_seed(1)
     slow = view(opened(image))
     assert all((a.int() - b.int()).abs().max() <= 1 for a, b in zip(fast, slow))
+
+
+@pytest.mark.parametrize("size", [64, 40])  # the whole image at its own size (no resampling), and resized
+def test_a_crop_keeps_its_pixels_when_the_next_image_is_decoded_into_the_same_buffer(size):
+    rng = np.random.default_rng(0)
+    first, second = (encoded(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))) for _ in range(2))
+    view = MAEView(size, crop_scale=(1.0, 1.0))
+    crop = view(first)
+    kept = crop.clone()
+    view(second)
+    assert torch.equal(crop, kept)
+
+
+def test_a_giant_image_does_not_keep_its_decode_buffer(monkeypatch):
+    from sslvit.data import views
+
+    monkeypatch.setattr(views, "KEPT_BUFFER", 100 * 100 * 3)
+    monkeypatch.setattr(views, "_DECODE", threading.local())
+    MAEView(100, crop_scale=(1.0, 1.0))(encoded(smooth(100, 100)))  # decoded whole (no DCT scaling): kept
+    assert views._DECODE.buffer.nbytes == 100 * 100 * 3
+    MAEView(101, crop_scale=(1.0, 1.0))(encoded(smooth(101, 101)))  # 101 x 101 x 3 bytes: over the limit, not kept
+    assert views._DECODE.buffer.nbytes == 100 * 100 * 3
 
 
 def test_jpeg_size_reads_the_frame_header_as_pil_does():
