@@ -145,8 +145,8 @@ class DINOv2(SelfDistillation):
             t_cls_out = self.teacher.dino_head(t_cls)  # [2B, K]
             t_patch_out = self.teacher.ibot_head(t_patches.flatten(0, 1)[where])  # [M, K']
         s_cls, s_patches = self.student.global_tokens(global_crops, masks)
-        s_local = pooled_by_size(self.student.encoder, crops[N_GLOBAL:])  # [n_local x B, D]
-        s_cls_out = self.student.dino_head(torch.cat([s_cls, s_local]))  # [(2 + n_local) x B, K]
+        s_local = [pooled_by_size(self.student.encoder, crops[N_GLOBAL:])] if len(crops) > N_GLOBAL else []  # [n_local x B, D]
+        s_cls_out = self.student.dino_head(torch.cat([s_cls, *s_local]))  # [(2 + n_local) x B, K]
         s_patch_out = self.student.ibot_head(s_patches.flatten(0, 1)[where])  # [M, K']
 
         losses = {

@@ -88,9 +88,8 @@ class SelfDistillation(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One micro-batch: forward and backward; after the last of a step's micro-batches, the step."""
         crops = batch["image"]
-        if not isinstance(crops, list) or len(crops) <= N_GLOBAL:
-            raise ConfigError(f"{type(self).__name__} trains on several crops per image: set data.view=multicrop "
-                              "(with data.local_crops > 0)")
+        if not isinstance(crops, list) or len(crops) < N_GLOBAL:  # 2 global crops alone: DINO's ablation without multi-crop
+            raise ConfigError(f"{type(self).__name__} trains on several crops per image: set data.view=multicrop")
         k = self.hparams.accumulate_grad_batches
         steps_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
         log_stats = steps_now and self.global_step % self.trainer.log_every_n_steps == 0

@@ -37,6 +37,20 @@ def test_multicrop_shapes_and_position_embedding_resampling():
     assert out["teacher_probs"].shape == (2 * 3, 128)  # the teacher sees the 2 global crops only
 
 
+@pytest.mark.parametrize("objective", ["dino", "dinov2"])
+def test_two_global_crops_alone_train(objective, tiny_shards, tmp_path):
+    """DINO's ablation without multi-crop (2 x 224 only, Caron et al. 2021, Table 7): data.local_crops=0."""
+    from sslvit.objectives.dinov2 import DINOv2
+
+    model = small_dino() if objective == "dino" else DINOv2(
+        encoder=tiny_encoder(), out_dim=128, hidden_dim=32, bottleneck_dim=16, ibot_out_dim=128, ibot_hidden_dim=32,
+        ibot_bottleneck_dim=16, warmup_epochs=0)
+    before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    trainer = tiny_fit(model, tiny_shards["train"], tmp_path, 2, view="multicrop", local_crops=0)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(before[k], v) for k, v in model.student.state_dict().items())
+
+
 def test_teacher_starts_as_the_student_without_gradients_or_drop_path():
     model = small_dino()
     for (n, t), s in zip(model.teacher.named_parameters(), model.student.parameters()):
