@@ -209,7 +209,9 @@ def test_python_api_fit_load_and_export(tiny, tmp_path):
         sslvit.fit(str(tiny), **{"model.init_args.mask_ratoi": 0.5})
     with pytest.raises(ConfigError, match="--resume"):  # the API does not clobber either
         sslvit.fit(str(tiny), trainer={"default_root_dir": str(tmp_path / "api")})
-    assert sslvit.fit(str(tiny), resume=True, trainer={"default_root_dir": str(tmp_path / "api"), "max_steps": 4}).summary[
+    # resumed at the global batch it was trained at (another is refused: tests/test_bad_input_runs.py)
+    assert sslvit.fit(str(tiny), resume=True, trainer={"default_root_dir": str(tmp_path / "api"), "max_steps": 4},
+                      **{"data.batch_size": 8}).summary[
         "global_step"] == 4
 
 
