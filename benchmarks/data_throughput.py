@@ -297,15 +297,17 @@ def main() -> None:
         for name, run in pipelines.items():
             runs[name].append(run())
     results = {name: float(np.median(values)) for name, values in runs.items()}
+    # each round's own ratio to the limit (the same minutes of a shared machine), then their median: steadier than
+    # the ratio of the medians
+    per_round = {name: float(np.median([a / b for a, b in zip(values, runs[names["decode"]])])) for name, values in runs.items()}
     augmentation = augmentation_figures(paths, args)
 
     limit = results[names["decode"]]
     meta = dict(images=args.images, kb_per_image=round(kb, 1), size="500x375", workers=args.workers, rounds=args.rounds,
                 cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__)
     for name, value in results.items():
-        per_round = float(np.median([a / b for a, b in zip(runs[name], runs[names["decode"]])]))
         print(json.dumps({"pipeline": name, "images_per_s": round(value, 1), "of_decode_limit": round(value / limit, 3),
-                          "of_decode_limit_per_round": round(per_round, 3),
+                          "of_decode_limit_per_round": round(per_round[name], 3),
                           "runs": [round(v, 1) for v in runs[name]], **meta}))
     for name, value in augmentation.items():
         print(json.dumps({"augmentation": name, "ms_per_batch": round(value, 1), "batch": args.aug_batch,
@@ -320,9 +322,7 @@ def main() -> None:
     if args.json:
         figures = {key: round(results[name], 1) for key, name in names.items()}
         figures.update({f"{key}_of_decode": round(results[name] / limit, 3) for key, name in names.items() if key != "decode"})
-        # each round's own ratio (the same minutes of a shared machine), then their median: steadier than the ratio of medians
-        figures.update({f"{key}_of_decode_per_round": round(float(np.median([a / b for a, b in zip(runs[name], runs[names["decode"]])])), 3)
-                        for key, name in names.items() if key != "decode"})
+        figures.update({f"{key}_of_decode_per_round": round(per_round[name], 3) for key, name in names.items() if key != "decode"})
         figures["augment_ms_per_batch"] = {k: round(v, 1) for k, v in augmentation.items()}
         figures.update(meta, batch=args.aug_batch, crops=crops, device=args.device)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")

@@ -303,7 +303,7 @@ class BatchSeeds:
     is viewed with a generator seeded from ``seed_of(b)``: our views draw from it directly
     (``takes_generator``); any other view (timm's RandAugment and crops draw from Python's ``random`` and
     numpy too) gets the torch, Python and numpy global generators swapped in around each sample, seeded the
-    same way, and out again (a fifth of a millisecond per sample, which our views do not pay)."""
+    same way, and out again (a cost per sample our views do not pay)."""
 
     def __init__(self, seed_of: Callable[[int], int]) -> None:
         self.seed_of = seed_of

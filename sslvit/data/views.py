@@ -4,12 +4,12 @@ The training views only decode and crop; flips and DINO's photometric steps run 
 on the device (``augment.py``).  A view draws its crop boxes from the image's size (read from the
 JPEG header, or from PIL's), then decodes only what the crops need:
 
-* a JPEG is decoded by libjpeg-turbo through ``simplejpeg`` straight into an array (no PIL image; a
-  quarter faster than ``torchvision.io.decode_jpeg``'s libjpeg-turbo and twice PIL's at half scale,
-  ``benchmarks/data_micro.py``), at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when even the
-  smallest crop still has its output resolution there (libjpeg-turbo's other factors, 7/8 to 3/8, run
-  without SIMD and are slower than a full decode); a JPEG it refuses, one turned by its EXIF
-  orientation and other formats go to PIL (which decodes them, or says what is wrong);
+* a JPEG is decoded by libjpeg-turbo through ``simplejpeg`` straight into a reused array (no PIL
+  image; a quarter faster than ``torchvision.io.decode_jpeg``'s libjpeg-turbo, ``benchmarks/data_micro.py``),
+  at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when even the smallest crop still has its output
+  resolution there (libjpeg-turbo's other factors, 7/8 to 3/8, run without SIMD); a JPEG it refuses,
+  one turned by its EXIF orientation and other formats go to PIL (which decodes them, or says what is
+  wrong);
 * with ``decode="device"`` a JPEG is not decoded in the worker at all: the view hands on its bytes
   and boxes (``Encoded``) and ``decode_on_device`` decodes the batch where it lives (nvJPEG on a GPU).
 

@@ -6,8 +6,8 @@ from torch.nn import functional as F
 
 def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch normalisation of the target pixels (the paper's "normalized pixels"): (x - mean) / sqrt(var + eps),
-    var unbiased as in the MAE reference; mean and var in one pass, then one pass more (a third of the reference's
-    time on the CPU, where these [B, N, p*p*C] passes cost as much as a decoder block's attention)."""
+    var unbiased as in the MAE reference; mean and var in one pass, then one pass more (the reference makes five
+    passes over [B, N, p*p*C])."""
     var, mean = torch.var_mean(target, dim=-1, keepdim=True)
     return (target - mean).mul_((var + eps).rsqrt_())
 
