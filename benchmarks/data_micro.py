@@ -9,7 +9,8 @@ thread (as a loader worker runs), each choice against what it replaced:
    reader; both grouped by WebDataset's ``group_by_keys``), per sample;
 2. decoding a JPEG into a uint8 tensor: PIL (open, load, ``pil_to_tensor``), ``torchvision.io.decode_jpeg``
    (libjpeg-turbo straight into a tensor), ``simplejpeg`` (libjpeg-turbo into a fresh array) and
-   ``views._libjpeg_turbo`` (simplejpeg into the reused decode buffer: ours);
+   ``views._libjpeg_turbo`` (simplejpeg into the reused decode buffer: ours), the latter also with
+   libjpeg-turbo's accurate IDCT and chroma upsampling (PIL's pixels) against the fast ones it uses;
 3. drawing 12 crop boxes: torchvision's ``RandomResizedCrop.make_params`` per crop against
    ``views.draw_boxes`` (one ``torch.rand`` for all);
 4. cutting a random crop (scale 0.2-1) and resizing it to 224: PIL's bicubic ``resize(box=...)`` + to
@@ -41,6 +42,7 @@ from torchvision.transforms.v2 import functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from data_throughput import make_images  # noqa: E402
 
+from sslvit.data import views  # noqa: E402
 from sslvit.data.folder import folder_to_shards  # noqa: E402
 from sslvit.data.stream import Skips, TrainStream, read_shards, stack  # noqa: E402
 from sslvit.data.views import MAEView, RandomCrop, _libjpeg_turbo, decode_jpeg, draw_boxes, jpeg_size  # noqa: E402
@@ -54,6 +56,15 @@ def per_item_ms(fn, items, repeats: int = 5) -> float:
         fn(items)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / len(items) * 1e3
+
+
+def accurate(fn):
+    """``fn()`` with the views' decoder at libjpeg-turbo's accurate defaults (PIL's and torchvision's)."""
+    fast, views.FAST_JPEG = views.FAST_JPEG, {}
+    try:
+        return fn()
+    finally:
+        views.FAST_JPEG = fast
 
 
 def main() -> None:
@@ -77,7 +88,9 @@ def main() -> None:
              ("decode to a uint8 tensor, torchvision.io.decode_jpeg", per_item_ms(lambda bs: [decode_jpeg(b) for b in bs], blobs)),
              ("decode to a uint8 tensor, simplejpeg", per_item_ms(lambda bs: [torch.from_numpy(simplejpeg.decode_jpeg(b, "RGB"))
                                                                              for b in bs], blobs)),
-             ("decode to a uint8 tensor, simplejpeg into a reused buffer (ours)",
+             ("decode to a uint8 tensor, simplejpeg into a reused buffer, accurate IDCT and upsampling (PIL's pixels)",
+              per_item_ms(lambda bs: accurate(lambda: [_libjpeg_turbo(b, *jpeg_size(b)) for b in bs]), blobs)),
+             ("decode to a uint8 tensor, simplejpeg into a reused buffer, fast IDCT and upsampling (ours)",
               per_item_ms(lambda bs: [_libjpeg_turbo(b, *jpeg_size(b)) for b in bs], blobs))]
 
     crop = RandomCrop(224, (0.2, 1.0))
