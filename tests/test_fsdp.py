@@ -120,9 +120,19 @@ def shards(root: Path) -> list:
     return make_shards(root, "train", 64, seed=0)
 
 
+@cache
+def monitored(root: Path) -> tuple[str, str]:
+    """The overrides that add the k-NN monitor on 33 held-out samples (batches of 4: the two ranks hold different
+    numbers of them) to a fit; every fit that is compared with another takes them, so both draw the same numbers."""
+    val = make_shards(root / "val", "val", 33, seed=1)
+    monitor = {"class_path": "sslvit.eval.monitor.KNNMonitor", "init_args": {"k": 5, "batch_size": 4}}
+    return f"--trainer.callbacks+={json.dumps(monitor)}", f"--data.val_shards={json.dumps(val)}"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Each objective's 2-rank FSDP fit and 2-rank DDP fit on the same data, run once for this file's tests."""
+    """Each objective's 2-rank FSDP fit and 2-rank DDP fit on the same data, with the k-NN monitor, run once for
+    this file's tests."""
     root = tmp_path_factory.mktemp("fsdp")
     done = {}
 
@@ -130,7 +140,7 @@ def runs(tmp_path_factory):
         if (objective, strategy) not in done:
             run = root / f"{objective}_{strategy}"
             plan = {"ddp": "ddp", "fsdp": FSDP, "fsdp_full": FULL_FILE}[strategy]
-            done[objective, strategy] = run, fit(run, objective, shards(root / "shards"), 2, plan)
+            done[objective, strategy] = run, fit(run, objective, shards(root / "shards"), 2, plan, 2, False, *monitored(root))
         return done[objective, strategy]
 
     return get
@@ -210,7 +220,7 @@ def test_compiled_blocks_compose_with_sharding(runs, tmp_path):
     """model.compile (each block compiled, then sharded: torchtitan's order) trains as the eager sharded fit does."""
     run, eager = runs("dino", "fsdp")
     compiled = fit(tmp_path / "compiled", "dino", shards(run.parent / "shards"), 2, FSDP, 2, False,
-                   "--model.init_args.compile=true")
+                   "--model.init_args.compile=true", *monitored(run.parent))
     assert compiled["steps"][-1]["teacher_dtensors"] and max(s["ema_error"] for s in compiled["steps"]) < 1e-6
     assert_states_close(compiled["state"], eager["state"], atol=2e-5)
 
@@ -254,16 +264,9 @@ def test_a_sharded_checkpoint_under_another_strategy_is_one_line(tmp_path, tiny_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["dino", "supervised"])  # a teacher; an encoder with a classifier head
-def test_the_knn_monitor_evaluates_a_sharded_teacher(tmp_path, objective):
+def test_the_knn_monitor_evaluates_a_sharded_teacher(objective, runs):
     """Under FSDP the k-NN monitor evaluates a gathered copy of the teacher, so ranks holding different
     numbers of held-out batches (33 samples, batches of 4) never wait for each other; it reads what DDP reads."""
-    train = shards(tmp_path / "shards")
-    val = make_shards(tmp_path / "val", "val", 33, seed=1)
-    monitor = {"class_path": "sslvit.eval.monitor.KNNMonitor", "init_args": {"k": 5, "batch_size": 4}}
-    summaries = {}
-    for name, strategy in (("fsdp", FSDP), ("ddp", "ddp")):
-        fit(tmp_path / name, objective, train, 2, strategy, 2, False, f"--trainer.callbacks+={json.dumps(monitor)}",
-            f"--data.val_shards={json.dumps(val)}")
-        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    summaries = {name: json.loads((runs(objective, name)[0] / "summary.json").read_text()) for name in ("fsdp", "ddp")}
     assert summaries["fsdp"]["knn_top1_random_init"] == summaries["ddp"]["knn_top1_random_init"]
     assert abs(summaries["fsdp"]["knn_top1"] - summaries["ddp"]["knn_top1"]) <= 1 / 33 + 1e-6
