@@ -8,7 +8,7 @@ JPEG header, or from PIL's), then decodes only what the crops need:
   image; a quarter faster than ``torchvision.io.decode_jpeg``'s libjpeg-turbo, ``benchmarks/data_micro.py``),
   at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when even the smallest crop still has its output
   resolution there (libjpeg-turbo's other factors, 7/8 to 3/8, run without SIMD), with libjpeg-turbo's
-  fast IDCT and chroma upsampling (``FAST_JPEG``: a tenth faster, about a level from PIL's pixels); a JPEG it refuses,
+  fast IDCT and chroma upsampling (``FAST_JPEG``: 8-13% faster, about a level from PIL's pixels); a JPEG it refuses,
   one turned by its EXIF orientation and other formats go to PIL (which decodes them, or says what is
   wrong);
 * with ``decode="device"`` a JPEG is not decoded in the worker at all: the view hands on its bytes
@@ -258,9 +258,9 @@ def _libjpeg_turbo(src: bytes, width: int, height: int, min_scale: float = 1.0) 
 
 
 # libjpeg-turbo's fast integer IDCT (FFCV decodes with it too: TJFLAG_FASTDCT) and its fast chroma upsampling
-# (TensorFlow's decode_jpeg(fancy_upscaling=False)): together a tenth less decode time (benchmarks/data_micro.py).
-# A training crop's pixels then differ from PIL's by about one level on average (the JPEG's own quantisation
-# error at quality 90 is larger); the evaluation view is timm's PIL transform, unchanged.
+# (TensorFlow's decode_jpeg(fancy_upscaling=False)): together 8-13% less decode time (benchmarks/data_micro.py).
+# A training crop's pixels then differ from PIL's by about one level on average on a photo (tests/data/test_views.py);
+# the evaluation view is timm's PIL transform, unchanged.
 FAST_JPEG = {"fastdct": True, "fastupsample": True}
 _DECODE = threading.local()  # each thread's (each loader worker's) decode buffer
 KEPT_BUFFER = 64 << 20  # bytes: a 4,600 x 4,600 photo decoded whole
