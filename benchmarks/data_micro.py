@@ -49,17 +49,12 @@ from sslvit.data.views import MAEView, RandomCrop, _libjpeg_turbo, decode_jpeg, 
 
 
 def per_item_ms(fn, items, repeats: int = 5) -> float:
-    fn(items)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(items)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) / len(items) * 1e3
+    return interleaved_ms([fn], items, repeats)[0]
 
 
 def interleaved_ms(fns, items, repeats: int = 9) -> list[float]:
-    """``per_item_ms`` of each of ``fns``, their repeats alternated: the median per function."""
+    """Milliseconds per item of each of ``fns`` over ``items`` after a warm-up call, their repeats alternated
+    (a burst from a neighbour hits them alike): the median per function."""
     for fn in fns:
         fn(items)
     times = [[] for _ in fns]

@@ -72,13 +72,10 @@ def jpeg_shards(root, n: int = 24) -> list[str]:
 
 
 @pytest.mark.parametrize("view", ["mae", "multicrop"])
-def test_device_decode_gives_the_batches_the_workers_would_have_cut(tmp_path, view, monkeypatch):
+def test_device_decode_gives_the_batches_the_workers_would_have_cut(tmp_path, view, accurate_jpeg):
     """decode: device on a CPU fit (the device is the CPU): the same crops, bit for bit, as decoding in
     the workers with libjpeg-turbo's accurate IDCT and upsampling, since both then decode alike and resize
     with the same kernel.  (The workers' default, its fast ones, is about a level apart: tests/data/test_views.py.)"""
-    from sslvit.data import views
-
-    monkeypatch.setattr(views, "FAST_JPEG", {})  # the loader workers are forked: they see it too
     shards = jpeg_shards(tmp_path / "shards")
     cpu = record(shards, tmp_path / "c", view=view, steps=3, num_workers=2)
     device = record(shards, tmp_path / "d", view=view, steps=3, num_workers=2, decode="device")

@@ -74,12 +74,9 @@ def test_crop_from_a_draft_decode_matches_the_full_resolution_crop(source):
     assert diff < 4, diff  # the same region, at most JPEG and resampling noise apart
 
 
-def test_libjpeg_turbo_and_pil_decodes_cut_the_same_crops(monkeypatch):
+def test_libjpeg_turbo_and_pil_decodes_cut_the_same_crops(accurate_jpeg):
     """A JPEG's bytes go to libjpeg-turbo (simplejpeg), an opened image through PIL: the same boxes, the
     same decoder underneath (libjpeg-turbo), the same crops once libjpeg-turbo decodes as PIL has it do."""
-    from sslvit.data import views
-
-    monkeypatch.setattr(views, "FAST_JPEG", {})
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
     view = MultiCropView(48, 16, local_crops=3)
@@ -90,21 +87,18 @@ def test_libjpeg_turbo_and_pil_decodes_cut_the_same_crops(monkeypatch):
     assert all((a.int() - b.int()).abs().max() <= 1 for a, b in zip(fast, slow))
 
 
-def test_the_fast_jpeg_decode_is_within_about_a_level_of_the_accurate_one():
+def test_the_fast_jpeg_decode_is_within_about_a_level_of_the_accurate_one(request):
     """The training views decode with libjpeg-turbo's fast IDCT and chroma upsampling (views.FAST_JPEG):
     on a photo their crops stay within about one level of the accurate decode's, and the flags are in use."""
     from sklearn.datasets import load_sample_image
-
-    from sslvit.data import views
 
     photo = encoded(Image.fromarray(load_sample_image("china.jpg")).crop((0, 0, 320, 240)))
     view = MAEView(160, crop_scale=(0.5, 1.0))
     torch.manual_seed(0)
     fast = view(photo).float()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(views, "FAST_JPEG", {})
-        torch.manual_seed(0)
-        accurate = view(photo).float()
+    request.getfixturevalue("accurate_jpeg")  # from here on
+    torch.manual_seed(0)
+    accurate = view(photo).float()
     diff = (fast - accurate).abs().mean()
     assert 0 < diff < 1.5, diff
 
@@ -205,13 +199,10 @@ def test_views_only_cut_and_resize():
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in [x[None] for x in crops])
 
 
-def test_device_decode_leaves_jpegs_encoded_and_cuts_the_same_crops_there(monkeypatch):
+def test_device_decode_leaves_jpegs_encoded_and_cuts_the_same_crops_there(accurate_jpeg):  # torchvision decodes accurately
     """decode="device": the worker reads the JPEG's header only and draws the same boxes; decode_on_device
     (here the device is the CPU) gives the crops the worker would have cut with the accurate decode.  A JPEG
     that will not decode is reported for the caller to drop; anything but a JPEG is decoded in the worker as before."""
-    from sslvit.data import views
-
-    monkeypatch.setattr(views, "FAST_JPEG", {})  # torchvision's decode_jpeg has libjpeg-turbo's accurate defaults
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)) for _ in range(3)]
     cpu, device = MultiCropView(32, 16, local_crops=2), MultiCropView(32, 16, local_crops=2, decode="device")
