@@ -13,10 +13,9 @@ from lightning.pytorch import Callback
 
 ROOT = Path(__file__).parent.parent
 ENCODER = {"size": "tiny", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+# DINO: weights, an EMA teacher and a center must agree across ranks.  (MAE, supervised and DINOv2 train under DDP
+# in tests/test_fsdp.py, as the references FSDP must end at; what is checked here does not depend on the objective.)
 MODELS = {
-    "mae": ({"class_path": "sslvit.objectives.MAE",
-             "init_args": {"encoder": ENCODER, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}},
-            {"view": "mae"}),
     "dino": ({"class_path": "sslvit.objectives.DINO",
               "init_args": {"encoder": ENCODER, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}},
              {"view": "multicrop", "local_crops": 2, "local_img_size": 16}),
