@@ -10,7 +10,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl webdataset braceexpand faiss-cpu simplejpeg jsonargparse docstring-parser typeshed-client
+#     -d .whl webdataset braceexpand faiss-cpu simplejpeg jsonargparse docstring-parser typeshed-client timm==1.0.31
+#   (timm as tested here: the image's own may be older)
 # and the device tool's run is: carry [".whl"], command
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 #   && benchmarks/device_check.sh $OUT
@@ -20,7 +21,8 @@ out="${1:?usage: benchmarks/device_check.sh OUT_DIR [--dry-run]}"
 shift
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-if [[ " $* " == *" --dry-run "* ]]; then
-  exec python3 benchmarks/device_check.py --out "$out" "$@"
-fi
-exec timeout 470 python3 benchmarks/device_check.py --out "$out" "$@"  # 7 min 50 s: a second try fits in the lease
+mkdir -p "$out"
+limit=470  # 7 min 50 s: a second try fits in the lease
+[[ " $* " == *" --dry-run "* ]] && limit=1800
+# the log beside the JSON and the table: the three files that come back from the device machine
+timeout $limit python3 benchmarks/device_check.py --out "$out" "$@" 2>&1 | tee "$out/device_check.log"

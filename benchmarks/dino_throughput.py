@@ -65,7 +65,7 @@ def dino_step(args: argparse.Namespace, device: torch.device) -> Callable[[], No
 
 def bench(args: argparse.Namespace, device: torch.device) -> dict:
     step = dino_step(args, device)
-    seconds, flops = time_steps(step, args.steps, args.warmup, device)
+    seconds, flops, syncs = time_steps(step, args.steps, args.warmup, device)
     ips = args.batch * args.steps / seconds
     return {
         "objective": args.objective,
@@ -79,6 +79,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> dict:
         "gflops_per_image": round(flops / args.batch / 1e9, 2),
         "achieved_tflops": round(ips * flops / args.batch / 1e12, 4),
         "peak_memory_mib": round(peak_memory_mib(device)),
+        "host_syncs_per_step": None if syncs is None else round(syncs / args.steps, 2),
     }
 
 

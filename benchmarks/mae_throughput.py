@@ -55,7 +55,7 @@ def mae_step(size: str, batch: int, device: torch.device, precision: str, decode
 def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int,
           compile: bool = False, img_size: int = 224, backend: str = "inductor") -> dict:
     step = mae_step(size, batch, device, precision, decoder_depth, compile, img_size, backend)
-    seconds, flops = time_steps(step, steps, warmup, device)
+    seconds, flops, syncs = time_steps(step, steps, warmup, device)
     flops_per_image = flops / batch  # forward + backward, as counted
     ips = batch * steps / seconds
     return {
@@ -68,6 +68,7 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, 
         "gflops_per_image": round(flops_per_image / 1e9, 2),
         "achieved_tflops": round(ips * flops_per_image / 1e12, 4),
         "peak_memory_mib": round(peak_memory_mib(device)),
+        "host_syncs_per_step": None if syncs is None else round(syncs / steps, 2),
     }
 
 

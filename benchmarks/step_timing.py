@@ -5,6 +5,8 @@ with their FLOPs counted, and peak memory.  Imported by the scripts beside it
 import platform
 import resource
 import time
+import warnings
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -16,8 +18,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, seconds: float = 3.0) -> float:
-    """Sustained FLOP/s of an n x n matmul: the practical ceiling for a Transformer's linear layers."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 3.0) -> float:
+    """Sustained FLOP/s of an n x n matmul on random data: the practical ceiling for a Transformer's linear
+    layers.  n is 8192 on a GPU (4096 leaves an H100-class chip part idle) and 4096 on a CPU."""
+    n = n or (8192 if device.type == "cuda" else 4096)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -45,22 +49,39 @@ def machine(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+def counted_eagerly():
+    """The context in which a step's FLOPs are counted: compiled code runs eagerly in it (the model FLOPs are the
+    same; an Inductor kernel would hide its operations from ``FlopCounterMode``), and nothing is compiled yet."""
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return stance("force_eager") if stance else nullcontext()
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> tuple[float, float, int | None]:
     """(seconds for ``steps`` calls of ``step`` after ``warmup`` more, FLOPs of one call as counted by
-    ``torch.utils.flop_counter`` on a first real call).  Peak memory is reset after the warm-up."""
+    ``torch.utils.flop_counter`` on a first real call, host syncs in the timed calls).  Peak memory is reset
+    after the warm-up.  Host syncs are what ``torch.cuda.set_sync_debug_mode("warn")`` reports (a GPU only;
+    None on a CPU): each one stalls the CPU until the GPU catches up."""
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counted_eagerly(), counter:
         step()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return time.perf_counter() - t0, float(counter.get_total_flops())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        sync(device)
+        seconds = time.perf_counter() - t0
+    syncs = sum("synchroniz" in str(w.message) for w in caught) if device.type == "cuda" else None
+    return seconds, float(counter.get_total_flops()), syncs
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
@@ -74,7 +95,7 @@ def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: 
     flops = {}
     for name, step in steps.items():
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counted_eagerly(), counter:
             step()
         for _ in range(warmup):
             step()
