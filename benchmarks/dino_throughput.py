@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from step_timing import machine, matmul_peak, peak_memory_mib, time_steps
+from step_timing import machine, matmul_peak, peak_memory_mib, sync_sites, time_steps
 
 from sslvit.models.encoder import EncoderConfig, compile_blocks_
 from sslvit.objectives import DINO, DINOv2
@@ -47,7 +47,8 @@ def dino_step(args: argparse.Namespace, device: torch.device) -> Callable[[], No
         model = DINO(encoder=encoder, out_dim=args.out_dim, freeze_last_layer_epochs=0, **clip)  # the last layer trains too
     model = model.to(device)
     if args.compile:
-        compile_blocks_(model, backend=args.compile_backend)  # as model.compile: true does (warm-up steps compile)
+        dynamic = {"auto": {}, "false": {"dynamic": False}}[args.compile_dynamic]  # false: one graph per crop size
+        compile_blocks_(model, backend=args.compile_backend, **dynamic)  # as model.compile: true does (warm-up steps compile)
     opt = torch.optim.AdamW(model.param_groups() or param_groups(model, 0.04, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, fused=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device) for _ in range(2)]
@@ -67,14 +68,15 @@ def bench(args: argparse.Namespace, device: torch.device) -> dict:
     step = dino_step(args, device)
     seconds, flops, syncs = time_steps(step, args.steps, args.warmup, device)
     ips = args.batch * args.steps / seconds
-    return {
+    sites = {"sync_sites": sync_sites(step, device)} if args.sync_sites else {}
+    return {**sites,
         "objective": args.objective,
         "size": args.size,
         "crops": f"2x{args.global_size} + {args.local_crops}x{args.local_size}",
         "out_dim": args.out_dim,
         "batch": args.batch,
         "precision": args.precision,
-        "compiled": args.compile,
+        "compiled": args.compile and f"blocks, dynamic {args.compile_dynamic}",
         "images_per_s": round(ips, 2),
         "gflops_per_image": round(flops / args.batch / 1e9, 2),
         "achieved_tflops": round(ips * flops / args.batch / 1e12, 4),
@@ -101,6 +103,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="torch.compile each Transformer block (model.compile: true)")
     ap.add_argument("--compile-backend", default="inductor", help="eager: graph capture only (a dry run's check)")
+    ap.add_argument("--compile-dynamic", choices=["auto", "false"], default="auto",
+                    help="auto: torch.compile's default (a second crop size makes the token count dynamic); "
+                         "false: a static graph for each crop size")
+    ap.add_argument("--sync-sites", action="store_true", help="on a GPU, also list where one step waits for it")
     ap.add_argument("--json", type=Path, help="also write the run (machine, peak, row) here as one JSON object")
     args = ap.parse_args(argv)
     for key, value in DEFAULTS[args.objective].items():

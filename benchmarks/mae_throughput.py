@@ -29,13 +29,17 @@ from sslvit.objectives.optim import param_groups
 
 
 def mae_step(size: str, batch: int, device: torch.device, precision: str, decoder_depth: int,
-             compile: bool = False, img_size: int = 224, backend: str = "inductor") -> Callable[[], None]:
-    """One full optimiser step of sslvit's MAE on a fixed synthetic batch (also timed by peers_throughput.py)."""
+             compile: bool | str = False, img_size: int = 224, backend: str = "inductor") -> Callable[[], None]:
+    """One full optimiser step of sslvit's MAE on a fixed synthetic batch (also timed by peers_throughput.py).
+    ``compile``: True or "blocks" compiles each Transformer block (``model.compile: true``); "model" the whole
+    module's forward (masking, encoder, decoder and loss in one graph)."""
     torch.manual_seed(0)
     model = MAE(encoder=EncoderConfig(size=size, patch_size=16, img_size=img_size, pos_embed="sincos"),
                 decoder_depth=decoder_depth)
     model = model.to(device)
-    if compile:
+    if compile == "model":
+        model.compile(backend=backend)
+    elif compile:
         compile_blocks_(model, backend=backend)  # as model.compile: true does (the warm-up steps compile)
     # fused, as sslvit trains (objectives/optim.py)
     opt = torch.optim.AdamW(param_groups(model, 0.05, model.WEIGHT_DECAY_EXEMPT), lr=1e-4, betas=(0.9, 0.95), fused=True)
@@ -53,7 +57,7 @@ def mae_step(size: str, batch: int, device: torch.device, precision: str, decode
 
 
 def bench(size: str, batch: int, steps: int, warmup: int, device: torch.device, precision: str, decoder_depth: int,
-          compile: bool = False, img_size: int = 224, backend: str = "inductor") -> dict:
+          compile: bool | str = False, img_size: int = 224, backend: str = "inductor") -> dict:
     step = mae_step(size, batch, device, precision, decoder_depth, compile, img_size, backend)
     seconds, flops, syncs = time_steps(step, steps, warmup, device)
     flops_per_image = flops / batch  # forward + backward, as counted
@@ -81,7 +85,8 @@ def main() -> None:
     ap.add_argument("--decoder-depth", type=int, default=8, help="MAE paper default 8 (x 512 wide)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each Transformer block (model.compile: true)")
+    ap.add_argument("--compile", nargs="?", const="blocks", choices=["blocks", "model"], default=False,
+                    help="torch.compile each Transformer block (blocks, the default: model.compile: true) or the whole model")
     ap.add_argument("--compile-backend", default="inductor", help="eager: graph capture only (a dry run's check)")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--json", type=Path, help="also write the run (machine, peak, rows) here as one JSON object")

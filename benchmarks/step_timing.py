@@ -5,8 +5,10 @@ with their FLOPs counted, and peak memory.  Imported by the scripts beside it
 import platform
 import resource
 import time
+import traceback
 import warnings
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -82,6 +84,34 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
         seconds = time.perf_counter() - t0
     syncs = sum("synchroniz" in str(w.message) for w in caught) if device.type == "cuda" else None
     return seconds, float(counter.get_total_flops()), syncs
+
+
+def sync_sites(step: Callable[[], None], device: torch.device) -> dict[str, int]:
+    """Where one call of ``step`` makes the host wait for the GPU: "file:line function" of the innermost
+    frame in sslvit or these benchmarks -> count, from ``torch.cuda.set_sync_debug_mode("warn")`` (a GPU only:
+    empty on a CPU).  Run it after the warm-up, so that compilation's own syncs are not counted."""
+    if device.type != "cuda":
+        return {}
+    sites: dict[str, int] = {}
+    shown = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        ours = [f for f in traceback.extract_stack()[:-1] if "/sslvit/" in f.filename or "/benchmarks/" in f.filename]
+        where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].name}" if ours else f"{filename}:{lineno}"
+        sites[where] = sites.get(where, 0) + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = shown
+    return sites
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device,
