@@ -47,7 +47,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> to
     if distributed:
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
     q = torch.exp((x - top) / temp).t()  # [K, n]
-    rows = torch.tensor(float(x.shape[0]), device=x.device)  # B: samples over all ranks
+    rows = x.new_full((), float(x.shape[0]))  # B: samples over all ranks (a fill on the device: no host copy, no sync)
     total = q.sum()
     if distributed:
         dist.all_reduce(rows)
@@ -74,7 +74,7 @@ def ema_center_(center: torch.Tensor, batch_sum: torch.Tensor, count: int, momen
     sums and counts are reduced over ranks.  A non-finite batch (its step is skipped) leaves the center
     as it was: decided on the reduced sum, so every rank decides alike, and without a host sync."""
     batch_sum = batch_sum.detach().float().reshape(center.shape).clone()
-    count = torch.tensor(float(count), device=center.device)
+    count = batch_sum.new_full((), float(count))  # a fill on the device: torch.tensor(..., device) would sync
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(batch_sum)
         dist.all_reduce(count)
@@ -109,8 +109,9 @@ class DINOLoss(nn.Module):
         q = self.teacher_probs(teacher_out, teacher_temp).view(n_global, batch, -1)  # [T, B, K]
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(n_student, batch, -1)  # [S, B, K]
         cross_entropy = -torch.einsum("tbk,sbk->ts", q, log_p) / batch  # [T, S]: batch-mean H(P_t, P_s) of each pair
-        pairs = ~torch.eye(n_global, n_student, dtype=torch.bool, device=cross_entropy.device)  # never a view with itself
-        return cross_entropy[pairs].mean()
+        same = torch.eye(n_global, n_student, dtype=torch.bool, device=cross_entropy.device)  # never a view with itself
+        pairs = n_global * n_student - min(n_global, n_student)  # counted on the host: a boolean index would sync
+        return cross_entropy.masked_fill(same, 0.0).sum() / pairs
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """The teacher's targets, no gradient: [T x B, K], centred and sharpened, or Sinkhorn-Knopp's."""

@@ -34,7 +34,8 @@ class IBOTPatchLoss(nn.Module):
         image_of [M] the image each belongs to (0..n_images-1) -> the loss above (0 when M = 0)."""
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1)  # [M, K]
         per_patch = -(teacher_probs * log_p).sum(-1)  # [M]
-        masked = torch.bincount(image_of, minlength=n_images).clamp_min(1)  # [n_images] m_i
+        # [n_images] m_i; a scatter, not torch.bincount, which waits for the GPU to size its output
+        masked = per_patch.new_zeros(n_images).index_add_(0, image_of, torch.ones_like(per_patch)).clamp_min(1)
         return (per_patch / masked[image_of]).sum() / n_images
 
     def teacher_probs(self, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:

@@ -223,3 +223,44 @@ def test_the_learned_table_gets_gradients_from_the_local_crops():
     enc = Encoder(tiny_encoder(dynamic_img_size=True))
     (enc(torch.randn(2, 3, 16, 16)) * torch.randn(2, 64)).sum().backward()  # a plain sum of a LayerNorm's output is 0
     assert enc.vit.pos_embed.grad is not None and enc.vit.pos_embed.grad[:, 1:].abs().sum() > 0
+
+
+def test_stochastic_depth_drops_whole_samples_at_its_rate_and_scales_the_kept_ones():
+    from sslvit.models.encoder import StochasticDepth
+
+    torch.manual_seed(0)
+    layer = StochasticDepth(0.25).train()
+    out = layer(torch.ones(20000, 3, 2))
+    per_sample = out.flatten(1)
+    assert bool((per_sample == per_sample[:, :1]).all())  # one draw per sample, not per element
+    kept = per_sample[:, 0] != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.allclose(per_sample[kept], torch.full_like(per_sample[kept], 1 / 0.75))
+    assert torch.equal(layer.eval()(torch.ones(4, 3)), torch.ones(4, 3))
+
+
+def test_timms_stochastic_depth_ramp_has_the_same_rates_and_state_dict():
+    vit = Encoder(tiny_encoder(depth=4, drop_path_rate=0.3)).vit
+    rates = [block.drop_path1.drop_prob for block in vit.blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])  # timm's linspace(0, rate, depth)
+    plain = Encoder(tiny_encoder(depth=4)).vit
+    assert vit.state_dict().keys() == plain.state_dict().keys()  # the rate is a buffer outside the checkpoint
+
+
+def test_one_compiled_graph_serves_every_block_of_a_stochastic_depth_ramp():
+    """timm's DropPath keeps its rate as a float, which torch.compile guards on: each block of a ramp
+    compiled anew, and past 8 blocks the rest ran eagerly (DINO ViT-S/16 compiled was slower than eager)."""
+    from torch._dynamo.utils import counters
+
+    from sslvit.models.encoder import compile_blocks_
+
+    graphs = {}
+    for depth in (2, 6):
+        torch._dynamo.reset()
+        encoder = Encoder(tiny_encoder(depth=depth, drop_path_rate=0.1)).train()
+        compile_blocks_(encoder, backend="eager")
+        counters.clear()
+        encoder(torch.randn(2, 3, 32, 32)).sum().backward()
+        graphs[depth] = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    assert graphs[2] == graphs[6] == 1, graphs
