@@ -153,7 +153,7 @@ class SkipNonFinite(Callback):
                         p.grad = None
             if self._pending is None:
                 self._pending = torch.zeros(3, device=bad.device)
-            p, loss = self._pending, getattr(self, "_loss", torch.tensor(float("nan"))).to(bad.device)
+            p, loss = self._pending, self._loss.to(bad.device) if hasattr(self, "_loss") else norms.new_full((), float("nan"))
             self._pending = torch.where(bad, torch.stack([p[0] + 1, torch.zeros_like(p[1]), loss]),
                                         torch.stack([p[0], p[1] + 1, p[2]]))  # [skipped, steps since the last, its loss]
         if trainer._logger_connector.should_update_logs or trainer.global_step + 1 >= trainer.max_steps > 0:

@@ -2,7 +2,10 @@
 path (objectives, callbacks, Lightning's loop as sslvit.fit sets it up) reads a tensor's value on the host.
 On a GPU each such read (``.item()``, ``float(t)``, ``bool(t)``, ``.cpu()``, ``.tolist()``) stalls the host
 until the device has caught up; on the CPU they are counted here instead (torch.cuda.set_sync_debug_mode
-does the same on a GPU)."""
+does the same on a GPU).  Some operators wait for the GPU without any such read: they size their output by
+its data (``nonzero``, a boolean index, ``bincount``, ``masked_select``, ``unique``) or copy a host value to
+the device (``torch.tensor(x, device=...)``); the first H200 run found four of them in the DINO and iBOT losses
+(docs/benchmarks.md).  A dispatch mode counts those too."""
 
 import collections
 import traceback
@@ -11,6 +14,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import Callback
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sslvit.cli.fit import main
 
@@ -26,6 +30,8 @@ OBJECTIVES = {
     "Supervised": ({"encoder": ENCODER, "num_classes": 4, "cutmix_alpha": 0.0}, {}),
 }
 LOG_EVERY, STEPS = 4, 11
+# operators that size their output by the data, or copy host data to the device: each a sync on a GPU
+SYNCING = ("nonzero", "bincount", "masked_select", "unique", "repeat_interleave.Tensor", "_local_scalar_dense")
 
 
 class CountHostReads(Callback):
@@ -42,6 +48,19 @@ class CountHostReads(Callback):
         CountHostReads.active = False
 
 
+class CountSyncingOps(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if CountHostReads.active:
+            name = str(func.overloadpacket) + ("." + func._overloadname if func._overloadname != "default" else "")
+            bool_index = func.overloadpacket in (torch.ops.aten.index, torch.ops.aten.index_put, torch.ops.aten.index_put_) \
+                and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []))
+            if bool_index or any(op in name for op in SYNCING):
+                caller = next((f for f in reversed(traceback.extract_stack()) if "/sslvit/" in f.filename), None)
+                where = f"{caller.filename.rsplit('/', 2)[-1]}:{caller.lineno}" if caller else "torch"
+                CountHostReads.reads[f"{name}{' (boolean index)' if bool_index else ''} at {where}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.fixture
 def count_reads(monkeypatch):
     CountHostReads.reads = collections.Counter()
@@ -56,6 +75,16 @@ def count_reads(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, read)
+    for name in ("tensor", "as_tensor"):  # host data copied to a device: a sync on a GPU (a fill is not)
+        original = getattr(torch, name)
+
+        def made(*args, _original=original, _name=name, **kwargs):
+            if CountHostReads.active and kwargs.get("device") is not None:
+                caller = traceback.extract_stack(limit=2)[0]
+                CountHostReads.reads[f"torch.{_name}(..., device=) at {caller.filename.rsplit('/', 2)[-1]}:{caller.lineno}"] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, made)
     return CountHostReads.reads
 
 
@@ -71,5 +100,6 @@ def test_steps_that_log_nothing_read_no_tensor_on_the_host(objective, count_read
                  "epoch_samples": 64, **data},
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    assert main([str(tmp_path / "recipe.yaml")]) == 0
+    with CountSyncingOps():
+        assert main([str(tmp_path / "recipe.yaml")]) == 0
     assert not count_reads, dict(count_reads)

@@ -78,10 +78,17 @@ def block_mask(grid_h: int, grid_w: int, num_masked: int, rng: random.Random, mi
 
 def ibot_masks(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, float] = (0.1, 0.5),
                probability: float = 0.5, rng: Optional[random.Random] = None) -> torch.Tensor:
+    """:func:`ibot_mask_array` as a tensor: [n_images, grid_h * grid_w] bool on the CPU."""
+    return torch.from_numpy(ibot_mask_array(n_images, grid_h, grid_w, ratio, probability, rng))
+
+
+def ibot_mask_array(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, float] = (0.1, 0.5),
+                    probability: float = 0.5, rng: Optional[random.Random] = None) -> np.ndarray:
     """DINOv2's masks for a batch of ``n_images`` global crops (its ``collate_data_and_cast``): a fixed
     ``int(n_images x probability)`` of them, chosen at random, get a block mask whose ratio is drawn from
     its own stratum of ``ratio`` (linspace bins, so the batch spans the range); the others none.
-    -> [n_images, grid_h * grid_w] bool (on the CPU), True where the patch is replaced by the mask token."""
+    -> [n_images, grid_h * grid_w] bool, True where the patch is replaced by the mask token.  Drawn on the host
+    with NumPy: where they are (``np.flatnonzero``) is known before anything reaches the GPU."""
     rng = rng or random.Random()
     n = grid_h * grid_w
     n_masked = int(n_images * probability)
@@ -90,4 +97,4 @@ def ibot_masks(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, floa
              for i in range(n_masked)]
     masks += [np.zeros(n, dtype=bool)] * (n_images - n_masked)
     rng.shuffle(masks)
-    return torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, n, dtype=torch.bool)
+    return np.stack(masks) if masks else np.zeros((0, n), dtype=bool)
