@@ -10,11 +10,12 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl webdataset braceexpand faiss-cpu simplejpeg jsonargparse docstring-parser typeshed-client timm==1.0.31
-#   (timm as tested here: the image's own may be older)
+#     -d .whl webdataset braceexpand faiss-cpu simplejpeg jsonargparse docstring-parser typeshed-client timm==1.0.31 \
+#     kornia kornia_rs
+#   (timm as tested here: the image's own may be older; kornia only for the data stage's comparison)
 # and the device tool's run is: carry [".whl"], command
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-#   && benchmarks/device_check.sh $OUT
+#   && benchmarks/device_check.sh $OUT      (334 s on an H200, 2026-12-01: docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:?usage: benchmarks/device_check.sh OUT_DIR [--dry-run]}"
