@@ -92,22 +92,25 @@ class Draws:
     solarize: torch.Tensor  # [n] bool
 
     @classmethod
-    def draw(cls, n: int, generator: torch.Generator, slot: Slot, hflip: bool = True) -> "Draws":
-        """The same number of draws whatever the probabilities, so no parameter shifts another."""
+    def draw(cls, n: int, generator: torch.Generator, slot: Slot, hflip: bool = True,
+             sigma: tuple[float, float] = SIGMA, photometric: bool = True) -> "Draws":
+        """The same number of draws whatever the probabilities, so no parameter shifts another.
+        ``photometric=False``: flips only (no jitter, grey, blur or solarisation)."""
         u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
         f = torch.rand(n, 5, generator=generator, dtype=torch.float64)
         order = torch.rand(n, 4, generator=generator).argsort(dim=1)  # a uniform permutation per row
         low = torch.tensor([1 - BRIGHTNESS, 1 - CONTRAST, 1 - SATURATION, -HUE], dtype=torch.float64)
         high = torch.tensor([1 + BRIGHTNESS, 1 + CONTRAST, 1 + SATURATION, HUE], dtype=torch.float64)
+        on = 1.0 if photometric else 0.0
         return cls(
             flip=u[:, 0] < (P_FLIP if hflip else 0.0),
-            jitter=u[:, 1] < P_JITTER,
+            jitter=u[:, 1] < P_JITTER * on,
             order=order,
             factors=(low + (high - low) * f[:, :4]).float(),
-            grey=u[:, 2] < P_GREY,
-            blur=u[:, 3] < slot.blur,
-            sigma=(SIGMA[0] + (SIGMA[1] - SIGMA[0]) * f[:, 4]).float(),
-            solarize=u[:, 4] < slot.solarize,
+            grey=u[:, 2] < P_GREY * on,
+            blur=u[:, 3] < slot.blur * on,
+            sigma=(sigma[0] + (sigma[1] - sigma[0]) * f[:, 4]).float(),
+            solarize=u[:, 4] < slot.solarize * on,
         )
 
 
@@ -266,10 +269,13 @@ class Augment:
 
     ``view="multicrop"``: the crops [2 global, then the local ones] get DINO's steps with their slot's
     probabilities (``DINO_SLOTS``) and draws of their own; float [0, MAX] out.  ``view="mae"``: the
-    flips only; uint8 in, uint8 out.  ``view="finetune"``: nothing (timm's transform augmented in the workers)."""
+    flips only; uint8 in, uint8 out.  ``view="finetune"``: nothing (timm's transform augmented in the workers).
+    ``blur_sigma``: the blur's sigma range in pixels of the crop (DINO's (0.1, 2.0) at 224 px; a 32 px crop
+    of the same scene wants about a seventh of it); ``photometric=False``: flips only."""
 
-    def __init__(self, view: str, hflip: bool = True) -> None:
-        self.view, self.hflip = view, hflip
+    def __init__(self, view: str, hflip: bool = True, blur_sigma: tuple[float, float] = SIGMA,
+                 photometric: bool = True) -> None:
+        self.view, self.hflip, self.blur_sigma, self.photometric = view, hflip, tuple(blur_sigma), photometric
 
     def draws(self, seed: int, batch: int, local_crops: int = 0) -> list[Draws]:
         """The draws of a batch of ``batch`` images: one ``Draws`` per slot, the local crops' as one
@@ -277,7 +283,8 @@ class Augment:
         if self.view == "mae":
             return [Draws.draw(batch, slot_generator(seed, 0), Slot(blur=0.0), self.hflip)]
         sizes = [batch, batch] + ([batch * local_crops] if local_crops else [])
-        return [Draws.draw(n, slot_generator(seed, s), DINO_SLOTS[s], self.hflip) for s, n in enumerate(sizes)]
+        return [Draws.draw(n, slot_generator(seed, s), DINO_SLOTS[s], self.hflip, self.blur_sigma, self.photometric)
+                for s, n in enumerate(sizes)]
 
     def __call__(self, images, seed: int):
         if self.view == "finetune":

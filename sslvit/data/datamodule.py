@@ -42,6 +42,9 @@ class ShardDataModule(LightningDataModule):
         view: str = "mae",
         crop_scale: Sequence[float] = (0.2, 1.0),  # MAE App. A.1; DINO's global crops use (0.4, 1)
         hflip: bool = True,
+        # multi-crop's photometric steps (DINO's colour jitter, grey-scale, blur, solarisation); false: flips only
+        photometric: bool = True,
+        blur_sigma: Sequence[float] = (0.1, 2.0),  # DINO's, in pixels of a 224 px crop: scale it with the crop size
         local_crops: int = 8,  # DINO main_dino.py default (10 for its best ViT-S/16)
         local_img_size: int = 96,
         local_crop_scale: Sequence[float] = (0.05, 0.4),  # DINO main_dino.py default
@@ -68,10 +71,12 @@ class ShardDataModule(LightningDataModule):
             raise ConfigError("data.decode=device leaves decoding to the device, after the workers: it needs data.augment_on=device")
         _check_scale("crop_scale", crop_scale)
         _check_scale("local_crop_scale", local_crop_scale)
+        if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ConfigError(f"data.blur_sigma={list(blur_sigma)} must be [min, max] with 0 < min <= max")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.view = self.train_view()
-        self.augment = Augment(view, hflip)
+        self.augment = Augment(view, hflip, tuple(blur_sigma), photometric)
 
     def train_view(self) -> Callable:
         h = self.hparams

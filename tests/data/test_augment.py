@@ -215,6 +215,24 @@ def test_draws_are_a_function_of_rank_epoch_and_batch_only():
     assert all(x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 255.001 for x in first)  # blur: rounding
 
 
+def test_without_photometric_steps_the_crops_are_only_flipped_and_the_blur_takes_its_sigma_range():
+    crops = [images(8, 24, seed=1), images(8, 24, seed=2), images(8, 12, seed=3), images(8, 12, seed=4)]
+    plain = Augment("multicrop", photometric=False)
+    seed = augment_seed(0, 0, 0, 3)
+    out = plain(crops, seed)
+    for x, y, d in zip(crops[:2], out[:2], plain.draws(seed, 8, 2)):
+        assert d.flip.any() and not (d.jitter.any() or d.grey.any() or d.blur.any() or d.solarize.any())
+        assert torch.equal(y, torch.where(d.flip.view(-1, 1, 1, 1), x.flip(-1), x).float())
+    full = Augment("multicrop")
+    assert not all(torch.equal(a, b) for a, b in zip(out, full(crops, seed)))
+    # the same draws otherwise: only the sigma's range moves, and no other draw shifts with it
+    narrow, wide = Augment("multicrop", blur_sigma=(0.01, 0.3)).draws(seed, 8, 2), full.draws(seed, 8, 2)
+    for a, b in zip(narrow, wide):
+        assert torch.equal(a.blur, b.blur) and torch.equal(a.factors, b.factors) and torch.equal(a.flip, b.flip)
+        assert 0.01 <= a.sigma.min() and a.sigma.max() <= 0.3
+        assert torch.allclose((a.sigma - 0.01) / 0.29, (b.sigma - 0.1) / 1.9, atol=1e-5)
+
+
 def test_augmented_crops_are_grey_jittered_and_blurred_as_dino_draws_them():
     """On pixels, over 400 images (2 global + 2 local crops each): about 20% of the crops grey (R = G = B),
     the colour of most moved by the jitter (p 0.8), the first global crop (blurred with p 1) smoother

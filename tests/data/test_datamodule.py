@@ -130,6 +130,8 @@ def test_evaluation_batches_are_only_normalised():
     ({"augment_on": "gpu"}, "data.augment_on='gpu'"),
     ({"decode": "nvjpeg"}, "data.decode='nvjpeg'"),
     ({"decode": "device", "augment_on": "workers"}, "data.decode=device"),
+    ({"blur_sigma": [2.0, 0.1]}, r"data.blur_sigma=\[2.0, 0.1\]"),
+    ({"blur_sigma": [0.0, 1.0]}, r"data.blur_sigma=\[0.0, 1.0\]"),
 ])
 def test_bad_options_are_one_line_errors(options, culprit):
     with pytest.raises(ConfigError, match=culprit):
