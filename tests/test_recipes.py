@@ -10,11 +10,14 @@ from sslvit.cli.fit import main
 RECIPES = sslvit.recipes.paths()  # inside the package; the repository's recipes/ links to them
 REPO = Path(__file__).resolve().parent.parent
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
+# the GPU recipes compile their blocks; inductor's CPU build of a ViT-B takes a minute (tests/test_compile.py
+# checks the compiled step itself)
+NO_COMPILE = "--model.init_args.compile=false"
 SMALL = {  # shrink the paper-scale recipes so one step fits in seconds; the keys are still checked
-    "mae_vitl16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
+    "mae_vitl16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0", NO_COMPILE,
                         "--trainer.num_nodes=1", "--model.init_args.encoder.size=base",  # ViT-L: 5 GB of Adam state
                         "--model.init_args.encoder.img_size=64", "--data.img_size=64"],
-    "mae_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0"],
+    "mae_vitb16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0", NO_COMPILE],
     "dino_vits16.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
                          "--trainer.num_nodes=1", "--data.local_crops=2"],
     "dinov2_vitl14.yaml": ["--data.train_shards=digits:train", "--data.batch_size=2", "--data.num_workers=0",
