@@ -337,6 +337,10 @@ def compile_blocks_(module: nn.Module, **options) -> int:
     recompilation every step.  ``options`` go to ``torch.compile`` (``backend="eager"``: capture only)."""
     from timm.models.vision_transformer import Block
 
+    if options.get("backend", "inductor") == "inductor":
+        # random ops through torch's own generator, as eager draws them (Inductor's would draw other masks for
+        # stochastic depth): the compiled step gives the eager step's numbers and resumes as exactly
+        options = {**options, "options": {"fallback_random": True, **options.get("options", {})}}
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     for block in blocks:
         block.compile(**options)
