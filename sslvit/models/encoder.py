@@ -229,7 +229,7 @@ class StochasticDepth(DropPath):
             return x
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per sample
         kept = torch.rand(shape, device=x.device) < self.keep
-        return x * kept.to(x.dtype) / self.keep.to(x.dtype)
+        return x * (kept.to(x.dtype) / self.keep.to(x.dtype))  # scaled on the [B, 1, ...] mask: one pass over x
 
 
 class DINOResampledViT(VisionTransformer):
