@@ -76,7 +76,7 @@ class ShardDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.view = self.train_view()
-        self.augment = Augment(view, hflip, tuple(blur_sigma), photometric)
+        self.augment = Augment(view, hflip, blur_sigma, photometric)
 
     def train_view(self) -> Callable:
         h = self.hparams

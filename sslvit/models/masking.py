@@ -77,13 +77,7 @@ def block_mask(grid_h: int, grid_w: int, num_masked: int, rng: random.Random, mi
 
 
 def ibot_masks(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, float] = (0.1, 0.5),
-               probability: float = 0.5, rng: Optional[random.Random] = None) -> torch.Tensor:
-    """:func:`ibot_mask_array` as a tensor: [n_images, grid_h * grid_w] bool on the CPU."""
-    return torch.from_numpy(ibot_mask_array(n_images, grid_h, grid_w, ratio, probability, rng))
-
-
-def ibot_mask_array(n_images: int, grid_h: int, grid_w: int, ratio: tuple[float, float] = (0.1, 0.5),
-                    probability: float = 0.5, rng: Optional[random.Random] = None) -> np.ndarray:
+               probability: float = 0.5, rng: Optional[random.Random] = None) -> np.ndarray:
     """DINOv2's masks for a batch of ``n_images`` global crops (its ``collate_data_and_cast``): a fixed
     ``int(n_images x probability)`` of them, chosen at random, get a block mask whose ratio is drawn from
     its own stratum of ``ratio`` (linspace bins, so the batch spans the range); the others none.

@@ -31,7 +31,7 @@ from sslvit.losses.ibot import IBOTPatchLoss
 from sslvit.losses.koleo import koleo_loss
 from sslvit.models.encoder import Encoder, EncoderConfig, encoder_config
 from sslvit.models.heads import DINOHead
-from sslvit.models.masking import ibot_mask_array
+from sslvit.models.masking import ibot_masks
 from sslvit.objectives.dino import check_distillation_args, pooled_by_size
 from sslvit.objectives.distillation import N_GLOBAL, SelfDistillation
 
@@ -135,7 +135,7 @@ class DINOv2(SelfDistillation):
         global_crops = torch.cat(crops[:N_GLOBAL])  # [2B, 3, G, G]: crop 0 of every image, then crop 1
         grid = tuple(s // self.student.encoder.patch_size for s in global_crops.shape[-2:])
         rng = random.Random(random.getrandbits(63))  # from Python's generator, which each step seeds (SeedPerStep)
-        masks = ibot_mask_array(global_crops.shape[0], *grid, tuple(h.mask_ratio), h.mask_probability, rng)  # [2B, N]
+        masks = ibot_masks(global_crops.shape[0], *grid, tuple(h.mask_ratio), h.mask_probability, rng)  # [2B, N]
         device = global_crops.device
         where = torch.from_numpy(np.flatnonzero(masks)).to(device, non_blocking=True)  # [M] masked patches of the 2B x N, found on the host
         masks = torch.from_numpy(masks)
