@@ -13,13 +13,15 @@ from typing import Literal, Optional, Protocol, Union
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath
-from timm.models.vision_transformer import VisionTransformer
+from timm.layers import Attention, DropPath, PatchEmbed
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+from torch.nn import functional as F
 
 from sslvit.errors import ConfigError
 from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
+from sslvit.models.patches import patchify
 from sslvit.models.pos_embed import factorize_pos_embed_, resample_pos_embed_dino, sincos_2d
 
 # width, depth, heads: ViT paper Table 1 (base/large/huge) and DeiT (tiny/small).
@@ -294,8 +296,15 @@ class Encoder(nn.Module):
         return self.vit.num_prefix_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features: [B, C, H, W] -> [B, D] ([class] token or patch mean)."""
-        return self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)
+        """Pooled features: [B, C, H, W] -> [B, D] ([class] token or patch mean).  Pooled by the [class] token,
+        the last block computes only what that token reads (``class_token_block``): the same feature, with
+        about 10/12 of the last block's work left out (DINO's student and teacher, its k-NN features)."""
+        vit = self.vit
+        if not reads_class_token_only(vit):
+            return vit.forward_head(vit.forward_features(x), pre_logits=True)
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # as forward_features
+        x = class_token_block(vit.blocks[-1], vit.blocks[:-1](x))  # [B, 1, D]
+        return vit.forward_head(vit.norm(x), pre_logits=True)
 
     def forward_tokens(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None,
                        mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -320,13 +329,76 @@ class Encoder(nn.Module):
         knows where it came from; the [class] token is always kept.
         """
         vit = self.vit
-        x = vit.patch_embed(x)  # [B, N, D] (or [B, h, w, D] with dynamic size)
-        x = vit._pos_embed(x)  # [B, prefix + N, D]: timm's own pos-embed (and resampling)
         p = vit.num_prefix_tokens
-        x = torch.cat([x[:, :p], gather_tokens(x[:, p:], ids_keep)], dim=1)  # [B, prefix + N_keep, D]
+        if embeds_patches_linearly(vit, x):  # the kept patches alone through the patch embedding (a quarter at 75%)
+            D, gh, gw = vit.embed_dim, *vit.patch_embed.grid_size
+            table = vit._pos_embed(x.new_zeros(1, gh * gw, D))  # [1, prefix + N, D]: prefix tokens + table, timm's way
+            w = vit.patch_embed.proj.weight  # [D, C, p, p]: as a linear layer on the (p, p, C) pixels of patchify
+            kept = F.linear(gather_tokens(patchify(x, self.patch_size), ids_keep), w.permute(0, 2, 3, 1).flatten(1),
+                            vit.patch_embed.proj.bias)  # [B, N_keep, D]
+            x = torch.cat([table[:, :p].expand(x.shape[0], -1, -1),
+                           kept + gather_tokens(table[:, p:].expand(x.shape[0], -1, -1), ids_keep)], dim=1)
+        else:
+            x = vit.patch_embed(x)  # [B, N, D] (or [B, h, w, D] with dynamic size)
+            x = vit._pos_embed(x)  # [B, prefix + N, D]: timm's own pos-embed (and resampling)
+            x = torch.cat([x[:, :p], gather_tokens(x[:, p:], ids_keep)], dim=1)  # [B, prefix + N_keep, D]
         x = vit.norm_pre(x)
         x = vit.blocks(x)
         return vit.norm(x)
+
+
+def embeds_patches_linearly(vit: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``Encoder.forward_visible`` may embed the kept patches alone: timm's ``PatchEmbed`` with a plain
+    convolution of stride = kernel = patch (a linear map of each patch's pixels) and no norm, at its own image
+    size (the table is not resampled), and position dropout off (the table goes in as given)."""
+    pe = vit.patch_embed
+    if type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.Identity) or pe.dynamic_img_pad:
+        return False
+    conv = pe.proj
+    if not (type(conv) is nn.Conv2d and conv.kernel_size == conv.stride == tuple(pe.patch_size)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1):
+        return False
+    if getattr(vit, "dynamic_img_size", False) or tuple(x.shape[-2:]) != tuple(pe.img_size):
+        return False
+    return not (vit.pos_drop.training and getattr(vit.pos_drop, "p", 0.0) > 0)
+
+
+def reads_class_token_only(vit: nn.Module) -> bool:
+    """Whether ``Encoder.forward`` may run the last block for the [class] token alone: timm's plain ViT pooled
+    by that token, its last block timm's own ``Block`` and ``Attention``, no hooks on it to bypass, no gradient
+    checkpointing, and its parameters not FSDP shards (a block's shards are gathered by its own forward)."""
+    if not (isinstance(vit, VisionTransformer) and vit.global_pool == "token" and vit.attn_pool is None
+            and not vit.grad_checkpointing and len(vit.blocks) > 0):
+        return False
+    block = vit.blocks[-1]
+    if type(block) is not Block or type(block.attn) is not Attention or block.attn.gate is not None:
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in block.modules()):
+        return False
+    return not any(hasattr(p, "device_mesh") for p in block.parameters())  # a DTensor: an FSDP shard
+
+
+def class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``Block`` for the [class] token only: [B, T, D] -> [B, 1, D], equal to ``block(x)[:, :1]`` up to
+    float rounding.  Keys and values come from every token; the query, the attention output, the projection,
+    the residuals and the MLP from the [class] token alone, which is all a [class]-token feature reads of the
+    last block (the patch tokens' outputs of the last block feed nothing).  Stochastic depth draws one value
+    per sample either way, so the draws are the same as the full block's."""
+    attn = block.attn
+    B, T, _ = x.shape
+    d, heads, head_dim = attn.attn_dim, attn.num_heads, attn.head_dim
+    w, b = attn.qkv.weight, attn.qkv.bias  # rows: q, k, v, each [heads x head_dim]
+    h = block.norm1(x)
+    q = F.linear(h[:, :1], w[:d], None if b is None else b[:d]).view(B, 1, heads, head_dim).transpose(1, 2)
+    kv = F.linear(h, w[d:], None if b is None else b[d:]).view(B, T, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = attn.q_norm(q), attn.k_norm(kv[0]), kv[1]  # [B, heads, 1 or T, head_dim]
+    if attn.fused_attn:
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        o = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(B, 1, d))))  # [B, 1, D]
+    x = x[:, :1] + block.drop_path1(block.ls1(o))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
 def compile_blocks_(module: nn.Module, **options) -> int:
@@ -335,8 +407,6 @@ def compile_blocks_(module: nn.Module, **options) -> int:
     compiles one block's graph once for all of them, works under FSDP's per-block sharding, and meets a
     second input size (DINO's local crops) with one more compilation, dynamic in the token count, not a
     recompilation every step.  ``options`` go to ``torch.compile`` (``backend="eager"``: capture only)."""
-    from timm.models.vision_transformer import Block
-
     if options.get("backend", "inductor") == "inductor":
         # random ops through torch's own generator, as eager draws them (Inductor's would draw other masks for
         # stochastic depth): the compiled step gives the eager step's numbers and resumes as exactly

@@ -5,6 +5,8 @@ masked places, fixed 2-D sin-cos position embeddings are added, timm Blocks run 
 full set, and a linear layer predicts each patch's pixels.
 """
 
+from typing import Optional
+
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -38,8 +40,10 @@ class MAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         xavier_linears_(self)  # MAE reference init
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """[B, 1 + N_keep, D_enc] encoded visible tokens, [B, N] -> [B, N, p*p*C] predictions."""
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, ids_predict: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B, 1 + N_keep, D_enc] encoded visible tokens, [B, N] -> [B, N, p*p*C] predictions; with
+        ``ids_predict`` [B, M] (MAE: the masked patches) only those: [B, M, p*p*C], the final norm and the
+        prediction layer run on the M tokens alone (the loss reads no other)."""
         x = self.embed(latent)  # [B, 1 + N_keep, Dd]
         B, n_vis, Dd = x.shape
         N = ids_restore.shape[1]
@@ -47,6 +51,8 @@ class MAEDecoder(nn.Module):
         patches = torch.cat([x[:, 1:], masks], dim=1)  # [B, N, Dd] in shuffled order
         patches = gather_tokens(patches, ids_restore)  # [B, N, Dd] back in patch order
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed  # [B, 1 + N, Dd]
-        x = self.norm(self.blocks(x))
-        return self.pred(x[:, 1:])  # [B, N, p*p*C], the [class] slot dropped
+        x = self.blocks(x)[:, 1:]  # [B, N, Dd], the [class] slot dropped
+        if ids_predict is not None:
+            x = gather_tokens(x, ids_predict)  # [B, M, Dd]
+        return self.pred(self.norm(x))
 

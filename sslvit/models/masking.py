@@ -13,6 +13,7 @@ class Mask(NamedTuple):
     ids_keep: torch.Tensor  # [B, N_keep] indices of visible patches, in shuffled order
     ids_restore: torch.Tensor  # [B, N] argsort that puts [visible, masked] back in patch order
     mask: torch.Tensor  # [B, N] 1 where the patch is masked (to be reconstructed), 0 where visible
+    ids_masked: torch.Tensor  # [B, N - N_keep] indices of the masked patches (the rest of the shuffle)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -38,12 +39,19 @@ def random_masking(
     mask = torch.ones(batch, num_patches, device=device)
     mask[:, :n_keep] = 0
     mask = mask.gather(1, ids_restore)  # [B, N] back in patch order
-    return Mask(ids_keep, ids_restore, mask)
+    return Mask(ids_keep, ids_restore, mask, ids_shuffle[:, n_keep:])
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """[B, N, D] tokens, [B, M] indices -> [B, M, D]."""
     return x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def scatter_tokens(x: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """[B, M, D] tokens, [B, M] indices -> [B, num_tokens, D]: each token at its index, zeros elsewhere
+    (the inverse of ``gather_tokens`` on the indices it took)."""
+    out = x.new_zeros(x.shape[0], num_tokens, x.shape[-1])
+    return out.scatter(1, ids[..., None].expand(-1, -1, x.shape[-1]), x)
 
 
 def block_mask(grid_h: int, grid_w: int, num_masked: int, rng: random.Random, min_block: int = 4,

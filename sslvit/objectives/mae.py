@@ -19,7 +19,7 @@ from sslvit.figures import denormalize, image_loggers, save_rows
 from sslvit.losses.mae import mae_loss
 from sslvit.models.encoder import Encoder, EncoderConfig, compile_blocks_, encoder_config
 from sslvit.models.mae_decoder import MAEDecoder
-from sslvit.models.masking import random_masking
+from sslvit.models.masking import Mask, gather_tokens, random_masking, scatter_tokens
 from sslvit.models.patches import patchify, unpatchify
 from sslvit.models.sharding import check_all_sharded, shard_net_
 from sslvit.objectives.optim import adamw_warmup_cosine
@@ -94,15 +94,17 @@ class MAE(LightningModule):
     def forward(
         self, imgs: torch.Tensor, mask_ratio: Union[float, None] = None, generator: Optional[torch.Generator] = None
     ):
-        """[B, C, H, W] -> (loss, pred [B, N, p*p*C], mask [B, N]); the masks are drawn from ``generator``
-        (on ``imgs``' device) when given, else from torch's global generator."""
+        """[B, C, H, W] -> (loss, pred [B, N_mask, p*p*C], the ``Mask``): the predictions of the masked patches
+        alone, in the order of ``mask.ids_masked`` (the decoder predicts no other: lightly and the MAE paper's
+        loss read only these; ``reconstruction_images`` puts them in place).  The masks are drawn from
+        ``generator`` (on ``imgs``' device) when given, else from torch's global generator."""
         ratio = self.hparams.mask_ratio if mask_ratio is None else mask_ratio
         m = random_masking(imgs.shape[0], self.encoder.num_patches, ratio, device=imgs.device, generator=generator)
         latent = self.encoder.forward_visible(imgs, m.ids_keep)  # [B, 1 + N_keep, D]
-        pred = self.decoder(latent, m.ids_restore)  # [B, N, p*p*C]
-        target = patchify(imgs, self.encoder.patch_size)  # [B, N, p*p*C]
-        loss = mae_loss(pred, target, m.mask, norm_pix=self.hparams.norm_pix_loss)
-        return loss, pred, m.mask
+        pred = self.decoder(latent, m.ids_restore, m.ids_masked)  # [B, N_mask, p*p*C]
+        target = gather_tokens(patchify(imgs, self.encoder.patch_size), m.ids_masked)  # [B, N_mask, p*p*C]
+        loss = mae_loss(pred, target, None, norm_pix=self.hparams.norm_pix_loss)  # every row is a masked patch
+        return loss, pred, m
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         imgs = batch["image"]  # [B, 3, H, W], normalised by the DataModule
@@ -133,11 +135,11 @@ class MAE(LightningModule):
         checkpoint["sslvit_backbone"] = backbone_entry("encoder.", self.hparams["encoder"])
 
     @torch.no_grad()
-    def save_reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> Path:
+    def save_reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: Mask) -> Path:
         """Rows: original | masked | reconstruction (visible patches pasted back), as in the paper's Fig. 2."""
         n = min(self.hparams.recon_samples, imgs.shape[0])
-        imgs = imgs[:n].float()
-        masked, recon = reconstruction_images(imgs, pred[:n], mask[:n], self.encoder.patch_size, self.hparams.norm_pix_loss)
+        imgs, mask = imgs[:n].float(), Mask(*(t[:n] for t in mask))
+        masked, recon = reconstruction_images(imgs, pred[:n], mask, self.encoder.patch_size, self.hparams.norm_pix_loss)
         rows = [denormalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) for x in (imgs, masked, recon)]
         path = Path(self.trainer.default_root_dir) / "figures" / f"mae_reconstruction_step{self.global_step:07d}.png"
         return save_rows(rows, path, image_loggers(self.trainer), "mae/reconstruction", self.global_step,
@@ -145,12 +147,14 @@ class MAE(LightningModule):
 
 
 def reconstruction_images(
-    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool
+    imgs: torch.Tensor, pred: torch.Tensor, mask: Mask, patch_size: int, norm_pix: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, C, H, W] images, [B, N, p*p*C] predictions, [B, N] mask -> (masked, reconstruction), both
-    [B, C, H, W] in the images' units: the visible patches alone, and with the masked ones predicted."""
+    """[B, C, H, W] images, [B, N_mask, p*p*C] predictions of the masked patches and their ``Mask`` (as
+    ``MAE.forward`` gives them) -> (masked, reconstruction), both [B, C, H, W] in the images' units: the
+    visible patches alone, and with the masked ones predicted."""
     p, c = patch_size, imgs.shape[1]
-    imgs, pred, mask = imgs.float(), pred.float(), mask[:, :, None].float()  # mask [B, N, 1]
+    pred = scatter_tokens(pred.float(), mask.ids_masked, mask.mask.shape[1])  # [B, N, p*p*C], zeros where visible
+    imgs, mask = imgs.float(), mask.mask[:, :, None].float()  # mask [B, N, 1]
     target = patchify(imgs, p)  # [B, N, p*p*C]
     if norm_pix:  # predictions are in per-patch normalised units: undo with the target's stats
         mean, std = target.mean(-1, keepdim=True), (target.var(-1, keepdim=True) + 1e-6) ** 0.5

@@ -36,3 +36,15 @@ def test_visible_patches_do_not_count():
     torch.testing.assert_close(mae_loss(pred, target, mask), mae_loss(changed, target, mask))
     changed[:, 0] += 1.0  # wrong where masked
     assert mae_loss(changed, target, mask) > mae_loss(pred, target, mask)
+
+
+def test_the_masked_patches_alone_give_the_same_loss():
+    """MAE's step gathers the masked patches and passes mask=None: the same mean as the [B, N] mask over all."""
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.randn(3, 10, 12, generator=g), torch.randn(3, 10, 12, generator=g) * 2 - 1
+    ids = torch.rand(3, 10, generator=g).argsort(1)[:, :6]  # 6 masked patches per sample
+    mask = torch.zeros(3, 10).scatter(1, ids, 1.0)
+    take = ids[..., None].expand(-1, -1, 12)
+    for norm_pix in (False, True):
+        torch.testing.assert_close(mae_loss(pred.gather(1, take), target.gather(1, take), None, norm_pix),
+                                   direct(pred, target, mask, norm_pix))

@@ -65,6 +65,39 @@ def test_visible_subset_at_ratio_zero_equals_unmasked_forward():
     torch.testing.assert_close(unshuffled, full[:, 1:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("extra", [dict(), dict(pos_embed="sincos", reg_tokens=2), dict(pos_embed="learn_2d", global_pool="avg")])
+def test_embedding_only_the_kept_patches_gives_the_full_embeddings_values_and_gradients(extra, monkeypatch):
+    """forward_visible embeds the kept patches alone (a linear map of their pixels, the conv's weights): the
+    tokens and gradients of embedding every patch and then taking the kept ones, for fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import sslvit.models.encoder as encoder_module
+
+    torch.manual_seed(0)
+    enc = Encoder(tiny_encoder(patch_size=4, **extra)).train()
+    x = torch.randn(3, 3, 32, 32)
+    m = random_masking(3, enc.num_patches, 0.75)
+    w = torch.randn(3, enc.num_prefix_tokens + 16, enc.embed_dim)
+    assert encoder_module.embeds_patches_linearly(enc.vit, x)
+
+    def run():
+        enc.zero_grad()
+        with FlopCounterMode(display=False) as counter:
+            out = enc.forward_visible(x, m.ids_keep)
+        (out * w).sum().backward()
+        grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+        return out.detach(), grads, counter.get_total_flops()
+
+    fast, fast_grads, fast_flops = run()
+    monkeypatch.setattr(encoder_module, "embeds_patches_linearly", lambda vit, x: False)
+    full, full_grads, full_flops = run()
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    assert fast_grads.keys() == full_grads.keys() and "vit.patch_embed.proj.weight" in fast_grads
+    for name in full_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert fast_flops < full_flops
+
+
 def test_visible_subset_keeps_class_token_and_kept_count():
     enc = Encoder(tiny_encoder()).eval()
     m = random_masking(2, enc.num_patches, 0.75)
@@ -264,3 +297,50 @@ def test_one_compiled_graph_serves_every_block_of_a_stochastic_depth_ramp():
         graphs[depth] = counters["stats"]["unique_graphs"]
     torch._dynamo.reset()
     assert graphs[2] == graphs[6] == 1, graphs
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_class_token_feature_skips_the_last_blocks_patch_outputs_with_the_same_values_and_gradients(fused):
+    """Pooled by the [class] token, Encoder.forward runs the last block for that token alone: the same feature,
+    the same gradients and stochastic-depth draws, fewer FLOPs (DINO's student and teacher)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sslvit.models.encoder import reads_class_token_only
+
+    torch.manual_seed(0)
+    enc = Encoder(tiny_encoder(depth=3, drop_path_rate=0.5, reg_tokens=2, init_values=0.1, dynamic_img_size=True)).train()
+    for block in enc.vit.blocks:
+        block.attn.fused_attn = fused
+    assert reads_class_token_only(enc.vit)
+    x, w = torch.randn(6, 3, 32, 32), torch.randn(6, enc.embed_dim)
+
+    def run(full: bool):
+        torch.manual_seed(1)  # the same stochastic-depth draws
+        enc.zero_grad()
+        feats = enc.vit.forward_head(enc.vit.forward_features(x), pre_logits=True) if full else enc(x)
+        (feats * w).sum().backward()
+        return feats.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    (fast, fast_grads), (full, full_grads) = run(False), run(True)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    assert fast_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    flops = {}
+    for key, forward in (("fast", enc), ("full", lambda t: enc.vit.forward_features(t))):
+        with FlopCounterMode(display=False) as counter:
+            forward(x)
+        flops[key] = counter.get_total_flops()
+    assert flops["fast"] < 0.85 * flops["full"], flops  # one of three blocks mostly skipped
+
+
+def test_class_token_path_steps_aside_for_mean_pooling_and_hooks():
+    from sslvit.models.encoder import reads_class_token_only
+
+    assert not reads_class_token_only(Encoder(tiny_encoder(global_pool="avg")).vit)
+    enc = Encoder(tiny_encoder())
+    seen = []
+    enc.vit.blocks[-1].attn.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert not reads_class_token_only(enc.vit)
+    enc(torch.randn(2, 3, 32, 32))
+    assert len(seen) == 1  # the hook saw the full block

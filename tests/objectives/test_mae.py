@@ -11,8 +11,29 @@ def small_mae(**kw):
 def test_forward_shapes_and_mask_ratio():
     model = small_mae(mask_ratio=0.75)
     loss, pred, mask = model(torch.randn(2, 3, 32, 32))
-    assert pred.shape == (2, 16, 8 * 8 * 3) and mask.shape == (2, 16)
-    assert (mask.sum(1) == 12).all() and loss.ndim == 0 and torch.isfinite(loss)
+    assert pred.shape == (2, 12, 8 * 8 * 3) and mask.mask.shape == (2, 16)  # the 12 masked patches' predictions
+    assert (mask.mask.sum(1) == 12).all() and loss.ndim == 0 and torch.isfinite(loss)
+    assert mask.mask.gather(1, mask.ids_masked).eq(1).all() and mask.mask.gather(1, mask.ids_keep).eq(0).all()
+
+
+def test_predicting_only_the_masked_patches_gives_the_loss_over_all_predictions_masked():
+    """The decoder predicts the masked patches alone; the loss is the paper's (mae_loss with the [B, N] mask
+    over every patch's prediction), and the reconstruction figure puts them in place."""
+    from sslvit.losses.mae import mae_loss
+    from sslvit.models.patches import patchify
+    from sslvit.objectives.mae import reconstruction_images
+
+    torch.manual_seed(0)
+    model = small_mae(mask_ratio=0.75).eval()
+    x = torch.randn(3, 3, 32, 32)
+    loss, pred, m = model(x, generator=torch.Generator().manual_seed(0))
+    latent = model.encoder.forward_visible(x, m.ids_keep)
+    every = model.decoder(latent, m.ids_restore)  # [B, N, p*p*C]: all patches, as the MAE reference predicts
+    torch.testing.assert_close(loss, mae_loss(every, patchify(x, 8), m.mask, norm_pix=True))
+    torch.testing.assert_close(pred, every.gather(1, m.ids_masked[..., None].expand(-1, -1, every.shape[-1])))
+    _, recon = reconstruction_images(x, pred, m, 8, norm_pix=False)  # visible patches pasted, masked ones predicted
+    mask = m.mask[..., None]
+    torch.testing.assert_close(patchify(recon, 8), patchify(x, 8) * (1 - mask) + every * mask)
 
 
 def test_gradients_reach_encoder_and_decoder_but_not_fixed_pos_embed():
