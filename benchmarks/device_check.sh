@@ -4,6 +4,7 @@
 #
 #   benchmarks/device_check.sh OUT_DIR            # on the GPU machine (the device tool: see below)
 #   benchmarks/device_check.sh OUT_DIR --dry-run  # tiny models on a CPU, a few minutes: the script works
+#   benchmarks/device_check.sh --dry-run --out OUT_DIR   # the same, the folder named by --out (any order)
 #
 # The lent GPU machine has torch, lightning, timm and torchmetrics but not webdataset, braceexpand, faiss,
 # simplejpeg or jsonargparse: their wheels travel in .whl/ (ignored by git), made here once with
@@ -18,8 +19,20 @@
 #   && benchmarks/device_check.sh $OUT      (334 s on an H200, 2026-12-01: docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:?usage: benchmarks/device_check.sh OUT_DIR [--dry-run]}"
-shift
+usage="usage: benchmarks/device_check.sh OUT_DIR [--dry-run]  (or --out OUT_DIR, in any order)"
+out="" rest=()
+while (($#)); do
+  case "$1" in
+    --out) [[ $# -ge 2 ]] || { echo "$usage" >&2; exit 2; }; out="$2"; shift 2 ;;
+    --out=*) out="${1#--out=}"; shift ;;
+    --budget) rest+=("$1" "${2:-}"); shift $(($# >= 2 ? 2 : 1)) ;;
+    --only) rest+=("$1"); shift; while (($#)) && [[ "$1" != -* ]]; do rest+=("$1"); shift; done ;;
+    -*) rest+=("$1"); shift ;;
+    *) [[ -z "$out" ]] || { echo "$usage: a second folder, $1" >&2; exit 2; }; out="$1"; shift ;;
+  esac
+done
+[[ -n "$out" ]] || { echo "$usage" >&2; exit 2; }
+set -- "${rest[@]}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 mkdir -p "$out"
