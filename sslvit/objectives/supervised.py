@@ -82,9 +82,8 @@ class Supervised(LightningModule):
         return self.encoder
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> logits [B, num_classes]: timm's head on the pooled feature (``Encoder.forward``: with
-        [class]-token pooling the last block runs for that token alone, the logits are timm's forward's)."""
-        return self.encoder.vit.head(self.encoder(images))
+        """[B, 3, H, W] -> logits [B, num_classes]."""
+        return self.encoder.vit(images)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]

@@ -116,10 +116,3 @@ def test_fc_norm_needs_mean_pooling():
         tiny_encoder(fc_norm=True)
     with pytest.raises(ConfigError, match="model.head_init_std"):
         Supervised(encoder=tiny_encoder(), num_classes=10, head_init_std=0.0)
-
-
-def test_logits_are_timms_forward_with_the_class_token_path():
-    torch.manual_seed(0)
-    model = Supervised(encoder=tiny_encoder(depth=2), num_classes=5).eval()
-    x = torch.randn(3, 3, 32, 32)
-    torch.testing.assert_close(model(x), model.encoder.vit(x), rtol=1e-5, atol=1e-5)
