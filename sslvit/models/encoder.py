@@ -13,12 +13,13 @@ from typing import Literal, Optional, Protocol, Union
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, DropPath, PatchEmbed
+from timm.layers import DropPath, PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
 from sslvit.errors import ConfigError
+from sslvit.models.blocks import block_for_queries, runs_for_queries
 from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
 from sslvit.models.patches import patchify
@@ -297,13 +298,13 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features: [B, C, H, W] -> [B, D] ([class] token or patch mean).  Pooled by the [class] token,
-        the last block computes only what that token reads (``class_token_block``): the same feature, with
-        about 10/12 of the last block's work left out (DINO's student and teacher, its k-NN features)."""
+        the last block computes only what that token reads (``models.blocks``): the same feature, with about
+        10/12 of the last block's work left out (DINO's student and teacher, its k-NN features)."""
         vit = self.vit
         if not reads_class_token_only(vit):
             return vit.forward_head(vit.forward_features(x), pre_logits=True)
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # as forward_features
-        x = class_token_block(vit.blocks[-1], vit.blocks[:-1](x))  # [B, 1, D]
+        x = block_for_queries(vit.blocks[-1], vit.blocks[:-1](x), lambda t: t[:, :1])  # [B, 1, D]: the [class] token
         return vit.forward_head(vit.norm(x), pre_logits=True)
 
     def forward_tokens(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None,
@@ -365,40 +366,9 @@ def embeds_patches_linearly(vit: nn.Module, x: torch.Tensor) -> bool:
 
 def reads_class_token_only(vit: nn.Module) -> bool:
     """Whether ``Encoder.forward`` may run the last block for the [class] token alone: timm's plain ViT pooled
-    by that token, its last block timm's own ``Block`` and ``Attention``, no hooks on it to bypass, no gradient
-    checkpointing, and its parameters not FSDP shards (a block's shards are gathered by its own forward)."""
-    if not (isinstance(vit, VisionTransformer) and vit.global_pool == "token" and vit.attn_pool is None
-            and not vit.grad_checkpointing and len(vit.blocks) > 0):
-        return False
-    block = vit.blocks[-1]
-    if type(block) is not Block or type(block.attn) is not Attention or block.attn.gate is not None:
-        return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in block.modules()):
-        return False
-    return not any(hasattr(p, "device_mesh") for p in block.parameters())  # a DTensor: an FSDP shard
-
-
-def class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """timm's ``Block`` for the [class] token only: [B, T, D] -> [B, 1, D], equal to ``block(x)[:, :1]`` up to
-    float rounding.  Keys and values come from every token; the query, the attention output, the projection,
-    the residuals and the MLP from the [class] token alone, which is all a [class]-token feature reads of the
-    last block (the patch tokens' outputs of the last block feed nothing).  Stochastic depth draws one value
-    per sample either way, so the draws are the same as the full block's."""
-    attn = block.attn
-    B, T, _ = x.shape
-    d, heads, head_dim = attn.attn_dim, attn.num_heads, attn.head_dim
-    w, b = attn.qkv.weight, attn.qkv.bias  # rows: q, k, v, each [heads x head_dim]
-    h = block.norm1(x)
-    q = F.linear(h[:, :1], w[:d], None if b is None else b[:d]).view(B, 1, heads, head_dim).transpose(1, 2)
-    kv = F.linear(h, w[d:], None if b is None else b[d:]).view(B, T, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = attn.q_norm(q), attn.k_norm(kv[0]), kv[1]  # [B, heads, 1 or T, head_dim]
-    if attn.fused_attn:
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    else:
-        o = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-    o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(B, 1, d))))  # [B, 1, D]
-    x = x[:, :1] + block.drop_path1(block.ls1(o))
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    by that token, no gradient checkpointing, its last block one that ``runs_for_queries``."""
+    return (isinstance(vit, VisionTransformer) and vit.global_pool == "token" and vit.attn_pool is None
+            and not vit.grad_checkpointing and len(vit.blocks) > 0 and runs_for_queries(vit.blocks[-1]))
 
 
 def compile_blocks_(module: nn.Module, **options) -> int:

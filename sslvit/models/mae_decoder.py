@@ -11,6 +11,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from sslvit.models.blocks import block_for_queries, runs_for_queries
 from sslvit.models.init import xavier_linears_
 from sslvit.models.masking import gather_tokens
 from sslvit.models.pos_embed import sincos_2d
@@ -42,8 +43,8 @@ class MAEDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, ids_predict: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[B, 1 + N_keep, D_enc] encoded visible tokens, [B, N] -> [B, N, p*p*C] predictions; with
-        ``ids_predict`` [B, M] (MAE: the masked patches) only those: [B, M, p*p*C], the final norm and the
-        prediction layer run on the M tokens alone (the loss reads no other)."""
+        ``ids_predict`` [B, M] (MAE: the masked patches) only those: [B, M, p*p*C], the last block's queries,
+        MLP, the final norm and the prediction layer run on the M tokens alone (the loss reads no other)."""
         x = self.embed(latent)  # [B, 1 + N_keep, Dd]
         B, n_vis, Dd = x.shape
         N = ids_restore.shape[1]
@@ -51,8 +52,12 @@ class MAEDecoder(nn.Module):
         patches = torch.cat([x[:, 1:], masks], dim=1)  # [B, N, Dd] in shuffled order
         patches = gather_tokens(patches, ids_restore)  # [B, N, Dd] back in patch order
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed  # [B, 1 + N, Dd]
-        x = self.blocks(x)[:, 1:]  # [B, N, Dd], the [class] slot dropped
-        if ids_predict is not None:
-            x = gather_tokens(x, ids_predict)  # [B, M, Dd]
+        if ids_predict is None:
+            return self.pred(self.norm(self.blocks(x)[:, 1:]))  # [B, N, p*p*C], the [class] slot dropped
+        last = self.blocks[-1]
+        if runs_for_queries(last):  # the last block for the predicted tokens alone (models.blocks)
+            x = block_for_queries(last, self.blocks[:-1](x), lambda t: gather_tokens(t, ids_predict + 1))  # [B, M, Dd]
+        else:
+            x = gather_tokens(self.blocks(x)[:, 1:], ids_predict)  # [B, M, Dd]
         return self.pred(self.norm(x))
 
