@@ -8,6 +8,7 @@ them: raw pixels are printed for scale. "std" rows standardise each feature dime
 mean and deviation first (MAE's parameter-free BatchNorm before its linear probe, He et al. 2022).
 
     python benchmarks/block_knn_probe.py runs/quickstart/checkpoints/last.ckpt
+    python benchmarks/block_knn_probe.py --recipe quickstart_dino      # that recipe's backbone at random init
     python benchmarks/block_knn_probe.py runs/quickstart_dino/checkpoints/last.ckpt --train digits:train --val digits:val
 """
 
@@ -16,11 +17,14 @@ from __future__ import annotations
 import argparse
 
 import torch
+import yaml
+from dino_view_probe import build  # benchmarks/: a recipe's objective at random init
 
 from sslvit.checkpoint import load_backbone
 from sslvit.data.datamodule import ShardDataModule
 from sslvit.data.views import eval_view
 from sslvit.eval.knn import knn_top1
+from sslvit.recipes import find as recipe_path
 
 
 @torch.no_grad()
@@ -49,16 +53,25 @@ def top1(bank, bank_y, queries, query_y, standardise: bool) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("backbone", help="a fit checkpoint, an export folder or a timm name (as sslvit knn --backbone)")
+    p.add_argument("backbone", nargs="?", help="a fit checkpoint, an export folder or a timm name (as sslvit knn --backbone)")
+    p.add_argument("--recipe", help="instead: the backbone of this recipe (a shipped name or a file) at random init, seeded as it")
     p.add_argument("--train", default="digits:train", help="the bank's shards (default: %(default)s)")
     p.add_argument("--val", default="digits:val", help="the queries' shards (default: %(default)s)")
     args = p.parse_args()
-    vit = load_backbone(args.backbone).eval()
+    if (args.backbone is None) == (args.recipe is None):
+        p.error("give a backbone or --recipe, one of them")
+    if args.recipe:
+        with open(recipe_path(args.recipe)) as f:
+            recipe = yaml.safe_load(f)
+        torch.manual_seed(recipe.get("seed_everything", 0))
+        vit = build(recipe, None).eval_encoder().vit.eval()
+    else:
+        vit = load_backbone(args.backbone).eval()
     dm = ShardDataModule(train_shards=args.train, val_shards=args.val)
     view = eval_view(vit)
     bank, bank_y, bank_px = block_tokens(vit, dm.eval_loader("train", view))
     queries, query_y, query_px = block_tokens(vit, dm.eval_loader("val", view))
-    print(f"{args.backbone}: {len(bank_y)} bank, {len(query_y)} queries; k-NN top-1 plain / std")
+    print(f"{args.backbone or args.recipe + ' at random init'}: {len(bank_y)} bank, {len(query_y)} queries; k-NN top-1 plain / std")
     print(f"pixels: {top1(bank_px, bank_y, query_px, query_y, False):.3f} / {top1(bank_px, bank_y, query_px, query_y, True):.3f}")
     for i, ((bp, bc), (qp, qc)) in enumerate(zip(bank, queries)):
         cells = []
