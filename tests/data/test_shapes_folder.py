@@ -31,6 +31,6 @@ def test_ten_balanced_class_folders_per_split_drawn_the_same_for_a_seed(tmp_path
     assert _draw(tmp_path / "c", "--seed", "1").returncode == 0 and _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
-def test_a_count_that_is_not_positive_is_refused_in_one_line(tmp_path):
+def test_a_count_that_is_not_positive_is_refused_with_exit_2_before_anything_is_written(tmp_path):
     bad = _draw(tmp_path, "--size", "0")
     assert bad.returncode == 2 and "--size must be positive" in bad.stderr and not any(tmp_path.iterdir())
