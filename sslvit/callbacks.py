@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -34,8 +35,11 @@ class ImagesPerSecond(ThroughputMonitor):
     def __init__(self) -> None:
         super().__init__(batch_size_fn=self._take_images, window_size=2)  # the rate over the last logging interval
         self._pending_images = self._pending_batches = 0
+        self._training = True
 
     def _take_images(self, batch) -> int:
+        if not self._training:  # a validation batch is counted as it comes, as in Lightning's monitor
+            return batch_images(batch)
         images, self._pending_images = self._pending_images, 0
         return images
 
@@ -51,8 +55,10 @@ class ImagesPerSecond(ThroughputMonitor):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
 
     def _update(self, trainer, pl_module, batch, iter_num: int) -> None:
-        self._batches[trainer.state.stage] += self._pending_batches - 1  # Lightning adds the one it sees
-        self._pending_batches = 0
+        self._training = trainer.state.stage == RunningStage.TRAINING
+        if self._training:  # the training batches since the last logging step; Lightning adds the one it sees
+            self._batches[trainer.state.stage] += self._pending_batches - 1
+            self._pending_batches = 0
         super()._update(trainer, pl_module, batch, iter_num)
 
 

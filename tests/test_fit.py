@@ -170,3 +170,28 @@ def test_a_run_bounded_by_time_ends_its_cosine_with_the_budget(recipe, tmp_path)
     peak = 5e-2 * 16 / 256
     assert summary["global_step"] > 10
     assert summary["lr/decay"] < 0.15 * peak, summary["lr/decay"]
+
+
+def test_a_validation_of_several_batches_is_timed_beside_training(tmp_path):
+    """The images/s monitor counts training batches between logging steps; validation batches it counts
+    as they come (until 0.3.5 the second validation batch stopped every run that had val_shards)."""
+    import sslvit.recipes
+
+    run = tmp_path / "run"
+    args = [str(sslvit.recipes.FOLDER / "supervised_vitb16.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=1",
+            "--trainer.num_nodes=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
+            "--trainer.accumulate_grad_batches=1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=6",
+            "--trainer.limit_val_batches=3", "--trainer.log_every_n_steps=2", "--model.init_args.encoder.size=tiny",
+            "--model.init_args.encoder.img_size=32", "--model.init_args.encoder.patch_size=8",
+            "--model.init_args.encoder.depth=2", "--model.init_args.num_classes=10", "--data.img_size=32",
+            "--data.batch_size=8", "--data.num_workers=0", "--data.train_shards=digits:train",
+            "--data.val_shards=digits:val", f"--trainer.default_root_dir={run}"]
+    assert main(args) == 0
+    rows = [r for m in sorted((run / "logs").glob("version_*/metrics.csv")) for r in csv.DictReader(m.open())]
+    val_rate = [float(r[k]) for r in rows for k in r if k.startswith("validate") and k.endswith("samples_per_sec") and r[k]]
+    train_rate = [float(r[k]) for r in rows for k in r if k == "train/device/samples_per_sec" and r[k]]
+    val_images = [int(float(r["validate/samples"])) for r in rows if r.get("validate/samples")]
+    assert val_rate and min(val_rate) > 0, sorted(rows[0])
+    assert train_rate and min(train_rate) > 0
+    assert val_images and all(n % 8 == 0 and n > 0 for n in val_images)  # whole batches of 8 images
+    assert any(r.get("val/top1") for r in rows)
