@@ -74,7 +74,8 @@ def augment_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
 
 
 def slot_generator(seed: int, slot: int) -> torch.Generator:
-    """The host generator of one crop slot of a batch (0: first global crop, 1: second, 2: the local crops)."""
+    """The host generator of one crop slot of a batch (0: first global crop, 1: second, 2: the local crops,
+    3: the teacher's own crop)."""
     return torch.Generator().manual_seed(random.Random(f"{seed}/{slot}").getrandbits(63))
 
 
@@ -271,11 +272,14 @@ class Augment:
     probabilities (``DINO_SLOTS``) and draws of their own; float [0, MAX] out.  ``view="mae"``: the
     flips only; uint8 in, uint8 out.  ``view="finetune"``: nothing (timm's transform augmented in the workers).
     ``blur_sigma``: the blur's sigma range in pixels of the crop (DINO's (0.1, 2.0) at 224 px; a 32 px crop
-    of the same scene wants about a seventh of it); ``photometric=False``: flips only."""
+    of the same scene wants about a seventh of it); ``photometric=False``: flips only.  ``teacher_crop``: the
+    last crop is the teacher's own view (``data.teacher_crop_scale``), which gets flips only: the mild view that
+    the student's augmented crops are taught to match."""
 
     def __init__(self, view: str, hflip: bool = True, blur_sigma: tuple[float, float] = SIGMA,
-                 photometric: bool = True) -> None:
+                 photometric: bool = True, teacher_crop: bool = False) -> None:
         self.view, self.hflip, self.blur_sigma, self.photometric = view, hflip, tuple(blur_sigma), photometric
+        self.teacher_crop = teacher_crop
 
     def draws(self, seed: int, batch: int, local_crops: int = 0) -> list[Draws]:
         """The draws of a batch of ``batch`` images: one ``Draws`` per slot, the local crops' as one
@@ -291,11 +295,14 @@ class Augment:
             return images
         if self.view == "mae":
             return flip(images, self.draws(seed, images.shape[0])[0])
+        images, teacher = (images[:-1], images[-1]) if self.teacher_crop else (images, None)
         batch, local_crops = images[0].shape[0], len(images) - 2
         draws = self.draws(seed, batch, local_crops)
         out = [photometric(x, d) for x, d in zip(images[:2], draws)]
         if local_crops:  # one call for every local crop: [L * B, 3, h, w]
             out += list(photometric(torch.cat(images[2:]), draws[2]).chunk(local_crops))
+        if teacher is not None:  # slot 3: its own draws, so the student's crops draw as without it
+            out.append(flip(teacher, Draws.draw(batch, slot_generator(seed, 3), Slot(blur=0.0), self.hflip)))
         return out
 
 

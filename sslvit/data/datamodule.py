@@ -48,6 +48,10 @@ class ShardDataModule(LightningDataModule):
         local_crops: int = 8,  # DINO main_dino.py default (10 for its best ViT-S/16)
         local_img_size: int = 96,
         local_crop_scale: Sequence[float] = (0.05, 0.4),  # DINO main_dino.py default
+        # null: the teacher sees the two global crops (DINO's). [low, high]: the teacher sees one more crop of each
+        # image instead, of this scale at img_size, with flips only ([1, 1]: the whole image), and every student crop
+        # learns its target from it (batch["teacher_image"]; DINO only: docs/dino_quickstart.md, tenth round)
+        teacher_crop_scale: Optional[Sequence[float]] = None,
         epoch_samples: Optional[int] = None,  # samples per epoch over all ranks; counted from the shards if absent
         resampled: bool = False,  # draw shards with replacement: for endless streams with no natural epoch
         shuffle_buffer: int = 2000,  # samples held per worker for shuffling
@@ -71,17 +75,23 @@ class ShardDataModule(LightningDataModule):
             raise ConfigError("data.decode=device leaves decoding to the device, after the workers: it needs data.augment_on=device")
         _check_scale("crop_scale", crop_scale)
         _check_scale("local_crop_scale", local_crop_scale)
+        if teacher_crop_scale is not None:
+            _check_scale("teacher_crop_scale", teacher_crop_scale)
+            if view != "multicrop":
+                raise ConfigError(f"data.teacher_crop_scale={list(teacher_crop_scale)} is a multi-crop view's teacher "
+                                  f"crop: it needs data.view=multicrop, not {view!r}")
         if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
             raise ConfigError(f"data.blur_sigma={list(blur_sigma)} must be [min, max] with 0 < min <= max")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.view = self.train_view()
-        self.augment = Augment(view, hflip, blur_sigma, photometric)
+        self.augment = Augment(view, hflip, blur_sigma, photometric, teacher_crop=teacher_crop_scale is not None)
 
     def train_view(self) -> Callable:
         h = self.hparams
         if h.view == "multicrop":
-            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale, decode=h.decode)
+            return MultiCropView(h.img_size, h.local_img_size, h.local_crops, h.crop_scale, h.local_crop_scale,
+                                 h.teacher_crop_scale, decode=h.decode)
         if h.view == "finetune":  # timm's transform does it all in the workers (its flip too)
             return finetune_view(h.img_size, h.crop_scale, h.hflip)
         return MAEView(h.img_size, h.crop_scale, decode=h.decode)
@@ -147,7 +157,8 @@ class ShardDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """On the device, once per batch: decode what the workers left encoded (``data.decode: device``),
         augment a training batch (``data.augment_on: device``; its seed from its place in the epoch,
-        ``batch["position"]``), normalise."""
+        ``batch["position"]``), normalise; the teacher's own crop (``data.teacher_crop_scale``) goes to
+        ``batch["teacher_image"]``."""
         if not (isinstance(batch, dict) and "image" in batch):
             return batch
         if "encoded" in batch:
@@ -158,6 +169,8 @@ class ShardDataModule(LightningDataModule):
         images, augmented = batch["image"], train and self.hparams.view != "finetune"  # finetune: normalised in the view
         batch["image"] = [_normalized(x, augmented) for x in images] if isinstance(images, list) \
             else _normalized(images, augmented)
+        if train and self.hparams.teacher_crop_scale is not None:  # the teacher's own crop, last: apart from the student's
+            batch["teacher_image"] = batch["image"].pop()
         return batch
 
 

@@ -336,7 +336,8 @@ class MultiCropView:
     """DINO's multi-crop (Caron et al. 2021, main_dino.py DataAugmentationDINO): 2 global crops and
     ``local_crops`` local ones, cut and resized; returns a list of uint8 tensors, the global crops
     first.  DINO's flips, colour jitter, grey-scale, blur and solarisation follow on the batch
-    (``augment.Augment``)."""
+    (``augment.Augment``).  With ``teacher_scale`` one more crop comes last, at the global size: the
+    teacher's own view (``data.teacher_crop_scale``; [1, 1] is the whole image)."""
 
     takes_undecoded = True
     takes_generator = True
@@ -348,10 +349,14 @@ class MultiCropView:
         local_crops: int = 8,  # DINO's default; 10 for its best ViT-S/16
         global_scale: Sequence[float] = (0.4, 1.0),
         local_scale: Sequence[float] = (0.05, 0.4),
+        teacher_scale: Optional[Sequence[float]] = None,  # None: the teacher sees the global crops (DINO's)
         *,
         decode: str = "cpu",  # "device": JPEGs are left encoded (Encoded) for decode_on_device
     ) -> None:
         self.crops = [RandomCrop(global_size, global_scale)] * 2 + [RandomCrop(local_size, local_scale)] * local_crops
+        if teacher_scale is not None:
+            self.crops.append(RandomCrop(global_size, teacher_scale))
+        self.teacher_crop = teacher_scale is not None
         self.decode = decode
 
     def __call__(self, src: Source, generator: Optional[torch.Generator] = None) -> Union[list[torch.Tensor], Encoded]:

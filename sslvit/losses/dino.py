@@ -98,9 +98,12 @@ class DINOLoss(nn.Module):
         self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]; in checkpoints, for exact resume
 
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float, n_global: int = 2,
+                own_teacher_crops: bool = False) -> torch.Tensor:
         """student_out [S x B, K] (the global crops first, then the local ones), teacher_out [n_global x B, K]
-        -> the mean cross-entropy over the n_global x (S - 1) pairs of different crops."""
+        -> the mean cross-entropy over the n_global x (S - 1) pairs of different crops.
+        ``own_teacher_crops``: the teacher's crops are none of the student's (``data.teacher_crop_scale``), so
+        every one of the n_global x S pairs counts."""
         batch = teacher_out.shape[0] // n_global
         n_student = student_out.shape[0] // max(batch, 1)
         if batch == 0 or batch * n_global != teacher_out.shape[0] or n_student * batch != student_out.shape[0]:
@@ -109,6 +112,8 @@ class DINOLoss(nn.Module):
         q = self.teacher_probs(teacher_out, teacher_temp).view(n_global, batch, -1)  # [T, B, K]
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(n_student, batch, -1)  # [S, B, K]
         cross_entropy = -torch.einsum("tbk,sbk->ts", q, log_p) / batch  # [T, S]: batch-mean H(P_t, P_s) of each pair
+        if own_teacher_crops:
+            return cross_entropy.mean()
         same = torch.eye(n_global, n_student, dtype=torch.bool, device=cross_entropy.device)  # never a view with itself
         pairs = n_global * n_student - min(n_global, n_student)  # counted on the host: a boolean index would sync
         return cross_entropy.masked_fill(same, 0.0).sum() / pairs

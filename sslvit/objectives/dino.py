@@ -67,6 +67,7 @@ class DINO(SelfDistillation):
     # Weight decay on the [class] token and the position table too: main_dino.py's utils.get_params_groups exempts
     # only biases and 1-D parameters.
     WEIGHT_DECAY_EXEMPT: tuple[str, ...] = ()
+    takes_teacher_crop = True
 
     def __init__(
         self,
@@ -124,14 +125,18 @@ class DINO(SelfDistillation):
             rank_zero_info(load_dino_init(self.student, self.teacher, self.loss.center, init_from))
         self._teacher_sum, self._teacher_rows = None, 0  # the step's teacher outputs so far, for the center
 
-    def forward(self, crops: list[torch.Tensor], with_stats: bool = False) -> tuple[torch.Tensor, dict]:
+    def forward(self, crops: list[torch.Tensor], with_stats: bool = False,
+                teacher_crop: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
         """Global crops first: [2 x [B, 3, G, G], n_local x [B, 3, L, L]] -> (loss, teacher outputs);
-        ``with_stats`` adds the teacher's distribution (a second pass over [2B, K]: only on logging steps)."""
+        ``with_stats`` adds the teacher's distribution (a second pass over [2B, K]: only on logging steps).
+        ``teacher_crop`` [B, 3, G, G] (``data.teacher_crop_scale``): the teacher sees it alone, and every
+        crop of the student learns from it (the global crops too)."""
         temp = self.teacher_temp()
+        teacher_crops = crops[:N_GLOBAL] if teacher_crop is None else [teacher_crop]
         with torch.no_grad():
-            t_feats, t_out = self.teacher(crops[:N_GLOBAL])  # [2B, D], [2B, K]
+            t_feats, t_out = self.teacher(teacher_crops)  # [2B or B, D], [2B or B, K]
         _, s_out = self.student(crops)  # [n_crops x B, K]
-        loss = self.loss(s_out, t_out, temp, n_global=N_GLOBAL)
+        loss = self.loss(s_out, t_out, temp, n_global=len(teacher_crops), own_teacher_crops=teacher_crop is not None)
         probs = self.loss.teacher_probs(t_out, temp) if with_stats else None
         return loss, {"teacher_out": t_out, "teacher_probs": probs, "teacher_feats": t_feats}
 

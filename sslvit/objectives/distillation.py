@@ -60,6 +60,7 @@ class SelfDistillation(LightningModule):
             check_all_sharded(self)
 
     forward_methods: tuple[str, ...] = ()  # the networks' methods the objective calls instead of forward
+    takes_teacher_crop = False  # forward(..., teacher_crop=): the teacher on a view of its own (data.teacher_crop_scale)
 
     def eval_encoder(self) -> Encoder:
         """The backbone that evaluation and export use: the teacher (DINO Sec. 5.2: it is the better one)."""
@@ -94,8 +95,12 @@ class SelfDistillation(LightningModule):
         steps_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
         log_stats = steps_now and self.global_step % self.trainer.log_every_n_steps == 0
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)  # DDP: reduce once per step
+        teacher_crop = batch.get("teacher_image")  # data.teacher_crop_scale: the teacher's own view of each image
+        if teacher_crop is not None and not self.takes_teacher_crop:
+            raise ConfigError(f"{type(self).__name__} trains its teacher on the student's global crops: "
+                              "data.teacher_crop_scale is DINO's; leave it null")
         with nullcontext() if steps_now else block_sync():
-            loss, out = self(crops, with_stats=log_stats)
+            loss, out = self(crops, with_stats=log_stats, **({"teacher_crop": teacher_crop} if teacher_crop is not None else {}))
             self.manual_backward(loss / k)
         self.add_teacher_outputs(out)
         if log_stats:  # before the step: the statistics of the outputs this step trains on

@@ -265,6 +265,21 @@ def test_tiny_crops_blur_with_a_shorter_kernel():
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+def test_the_teachers_own_crop_is_only_flipped_and_moves_no_draw_of_the_students():
+    """data.teacher_crop_scale: the last crop is the teacher's, flipped by its own slot's draws and otherwise as cut;
+    the student's crops are augmented exactly as without it."""
+    crops = [images(8, 24, seed=1), images(8, 24, seed=2), images(8, 12, seed=3), images(8, 12, seed=4)]
+    teacher = images(8, 24, seed=5)
+    seed = augment_seed(0, 0, 1, 2)
+    out = Augment("multicrop", teacher_crop=True)(crops + [teacher], seed)
+    assert len(out) == 5
+    assert all(torch.equal(a, b) for a, b in zip(out[:4], Augment("multicrop")(crops, seed)))
+    flip = Draws.draw(8, slot_generator(seed, 3), Slot(blur=0.0)).flip
+    assert flip.any() and not flip.all()
+    assert out[4].dtype == torch.uint8 and torch.equal(out[4], torch.where(flip.view(-1, 1, 1, 1), teacher.flip(-1), teacher))
+    assert torch.equal(Augment("multicrop", hflip=False, teacher_crop=True)(crops + [teacher], seed)[4], teacher)
+
+
 def test_mae_batches_are_only_flipped_and_stay_uint8():
     x = images(64, 8)
     augment = Augment("mae")

@@ -50,6 +50,26 @@ def test_each_training_batch_is_augmented_with_the_seed_of_its_place_in_the_fit(
         assert all(-2.2 < float(x.min()) and float(x.max()) < 2.7 for x in s["images"])
 
 
+@pytest.mark.parametrize("augment_on", ["device", "workers"])
+def test_the_teachers_own_crop_comes_apart_from_the_students(tiny_shards, tmp_path, augment_on):
+    """data.teacher_crop_scale: batch["teacher_image"] holds it, normalised; batch["image"] the student's crops, as many
+    and as large as without it (their boxes differ: the teacher's box takes its random numbers from the same draws)."""
+    class Teacher(Recorder):
+        def training_step(self, batch, batch_idx):
+            self.teacher.append(batch["teacher_image"].clone())
+            return super().training_step(batch, batch_idx)
+
+    model, plain = Teacher(), Recorder()
+    model.teacher = []
+    common = dict(epoch_samples=24, augment_on=augment_on)
+    tiny_fit(model, tiny_shards["train"], tmp_path / "t", 2, view="multicrop", teacher_crop_scale=[1.0, 1.0], **common)
+    tiny_fit(plain, tiny_shards["train"], tmp_path / "p", 2, view="multicrop", **common)
+    for a, b, t in zip(model.seen, plain.seen, model.teacher):
+        assert len(a["images"]) == 4 and a["keys"] == b["keys"]
+        assert [x.shape for x in a["images"]] == [y.shape for y in b["images"]]
+        assert t.shape == (8, 3, 32, 32) and t.dtype == torch.float32 and -2.2 < float(t.min()) and float(t.max()) < 2.7
+
+
 def test_augmenting_in_the_workers_gives_the_devices_batches_rounded(tiny_shards, tmp_path):
     device = record(tiny_shards["train"], tmp_path / "d", steps=3)
     workers = record(tiny_shards["train"], tmp_path / "w", steps=3, augment_on="workers")
@@ -132,6 +152,8 @@ def test_evaluation_batches_are_only_normalised():
     ({"decode": "device", "augment_on": "workers"}, "data.decode=device"),
     ({"blur_sigma": [2.0, 0.1]}, r"data.blur_sigma=\[2.0, 0.1\]"),
     ({"blur_sigma": [0.0, 1.0]}, r"data.blur_sigma=\[0.0, 1.0\]"),
+    ({"view": "multicrop", "teacher_crop_scale": [1.0, 0.5]}, r"data.teacher_crop_scale=\[1.0, 0.5\]"),
+    ({"teacher_crop_scale": [1.0, 1.0]}, r"data.teacher_crop_scale=\[1.0, 1.0\] .* needs data.view=multicrop"),
 ])
 def test_bad_options_are_one_line_errors(options, culprit):
     with pytest.raises(ConfigError, match=culprit):

@@ -199,6 +199,20 @@ def test_views_only_cut_and_resize():
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in [x[None] for x in crops])
 
 
+def test_a_teacher_crop_of_scale_1_is_the_whole_image_after_the_students_crops():
+    """data.teacher_crop_scale=[1, 1]: one more crop, last, at the global size: the whole image resized, and the
+    student's crops are cut from the same boxes as without it."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    plain, with_teacher = MultiCropView(32, 16, local_crops=2), MultiCropView(32, 16, local_crops=2, teacher_scale=(1.0, 1.0))
+    torch.manual_seed(3)
+    crops = plain(opened(image, "PNG"))
+    torch.manual_seed(3)
+    teacher = with_teacher(opened(image, "PNG"))
+    assert len(teacher) == 5 and with_teacher.teacher_crop and not plain.teacher_crop
+    assert all(torch.equal(a, b) for a, b in zip(crops, teacher[:4]))
+    assert torch.equal(teacher[4], resize(as_tensor(image), 32))  # 80 x 60: within torchvision's ratio range
+
+
 def test_device_decode_leaves_jpegs_encoded_and_cuts_the_same_crops_there(accurate_jpeg):  # torchvision decodes accurately
     """decode="device": the worker reads the JPEG's header only and draws the same boxes; decode_on_device
     (here the device is the CPU) gives the crops the worker would have cut with the accurate decode.  A JPEG

@@ -37,6 +37,20 @@ def test_loss_equals_the_papers_formula_on_random_logits(n_local):
     assert_close(loss_fn(student, teacher, teacher_temp=0.04), expected)
 
 
+def test_with_the_teachers_own_crop_every_student_crop_is_a_pair():
+    """data.teacher_crop_scale: the teacher's crop is none of the student's, so no pair is left out."""
+    torch.manual_seed(1)
+    B, K, S = 4, 11, 4
+    student, teacher = torch.randn(S * B, K) * 3, torch.randn(B, K) * 3
+    loss_fn = DINOLoss(K, student_temp=0.1)
+    loss_fn.center.copy_(torch.randn(1, K))
+    p_t = torch.softmax((teacher - loss_fn.center) / 0.04, dim=-1)  # [B, K]
+    h = [-(p_t * torch.log_softmax(s / 0.1, dim=-1)).sum(-1).mean() for s in student.view(S, B, K)]
+    assert_close(loss_fn(student, teacher, teacher_temp=0.04, n_global=1, own_teacher_crops=True), torch.stack(h).mean())
+    # without the flag the first student crop would be taken for the teacher's and left out
+    assert_close(loss_fn(student, teacher, teacher_temp=0.04, n_global=1), torch.stack(h[1:]).mean())
+
+
 def test_loss_by_hand_for_one_pair():
     """Two crops of one image, K = 2: -sum_k P_t(k) log P_s(k) for (t=0, s=1) and (t=1, s=0)."""
     loss_fn = DINOLoss(2, student_temp=1.0)

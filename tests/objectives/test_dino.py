@@ -51,6 +51,25 @@ def test_two_global_crops_alone_train(objective, tiny_shards, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in model.student.state_dict().items())
 
 
+def test_with_its_own_crop_the_teacher_sees_that_crop_alone(tiny_shards, tmp_path):
+    """data.teacher_crop_scale: the teacher's forward takes the one crop, every student crop learns from it; DINOv2,
+    whose iBOT loss needs the teacher on the student's global crops, refuses it in one line."""
+    from sslvit.objectives.dinov2 import DINOv2
+
+    model = small_dino()
+    seen = []
+    model.teacher.register_forward_pre_hook(lambda m, args: seen.append([tuple(c.shape) for c in args[0]]))
+    trainer = tiny_fit(model, tiny_shards["train"], tmp_path, 2, view="multicrop", teacher_crop_scale=[1.0, 1.0])
+    assert trainer.global_step == 2 and seen == [[(8, 3, 32, 32)]] * 2
+    teacher = torch.randn(3, 3, 32, 32)
+    loss, out = model(crops(batch=3, n_local=2), with_stats=True, teacher_crop=teacher)
+    assert torch.isfinite(loss) and out["teacher_probs"].shape == (3, 128)
+    v2 = DINOv2(encoder=tiny_encoder(), out_dim=128, hidden_dim=32, bottleneck_dim=16, ibot_out_dim=128,
+                ibot_hidden_dim=32, ibot_bottleneck_dim=16, warmup_epochs=0)
+    with pytest.raises(ConfigError, match="data.teacher_crop_scale is DINO's"):
+        tiny_fit(v2, tiny_shards["train"], tmp_path / "v2", 1, view="multicrop", teacher_crop_scale=[1.0, 1.0])
+
+
 def test_teacher_starts_as_the_student_without_gradients_or_drop_path():
     model = small_dino()
     for (n, t), s in zip(model.teacher.named_parameters(), model.student.parameters()):
