@@ -6,11 +6,14 @@ For a batch of training images drawn through the recipe's own multi-crop view (c
 photometric steps on the device, as in training), the teacher runs on the two global crops; its
 outputs are centred over the batch (as DINO's center does) and L2-normalised, and rho is the mean
 cosine between the two crops of the same image (between different images it is about 0, also printed).
-The same is printed for the backbone's [class] features.
+The same is printed for the backbone's [class] features.  With a teacher crop of its own
+(``data.teacher_crop_scale``, the recipe's or ``--teacher-crop-scale``), rho is also printed between the
+first global crop and that crop: what the student's crop predicts of the teacher's target there.
 
     python benchmarks/dino_view_probe.py                                   # quickstart_dino at random init
     python benchmarks/dino_view_probe.py --ckpt runs/quickstart_dino/checkpoints/last.ckpt
     python benchmarks/dino_view_probe.py --crop-scale 0.8 1.0 --no-photometric
+    python benchmarks/dino_view_probe.py --teacher-crop-scale 1.0 1.0
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main() -> None:
     p.add_argument("--ckpt", help="a fit checkpoint of that recipe's objective (default: random init)")
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--crop-scale", type=float, nargs=2, help="the global crops' scale range (default: the recipe's)")
+    p.add_argument("--teacher-crop-scale", type=float, nargs=2, help="the teacher's own crop (default: the recipe's)")
     p.add_argument("--no-photometric", action="store_true", help="crops only: no flips, jitter, blur, solarisation")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -67,20 +71,26 @@ def main() -> None:
     data = dict(recipe["data"], num_workers=0)
     if args.crop_scale:
         data["crop_scale"] = args.crop_scale
+    if args.teacher_crop_scale:
+        data["teacher_crop_scale"] = args.teacher_crop_scale
     dm = ShardDataModule(**data)
     stream = TrainStream(expand_urls(data["train_shards"], "data.train_shards"), dm.view, args.images, 1, 0, 1,
                          args.seed, False, data.get("shuffle_buffer", 500))
     batch = next(iter(stream))
     if args.no_photometric:
         del batch["position"]  # not a training batch to the module: normalised only
-    crops = dm.on_after_batch_transfer(batch, 0)["image"]
-    with torch.no_grad():
-        teacher = model.teacher
-        feats = teacher.encoder(torch.cat(crops[:2]))
-        out = (teacher.head if hasattr(teacher, "head") else teacher.dino_head)(feats)
-    for name, x in (("head logits", out), ("backbone [class]", feats)):
-        same, other = same_and_other(x)
-        print(f"{name:17s} rho (same image, two global crops) {same:.3f}   different images {other:.3f}")
+    batch = dm.on_after_batch_transfer(batch, 0)
+    crops = batch["image"]
+    own = batch.get("teacher_image", crops[-1] if data.get("teacher_crop_scale") else None)  # crops only: not split off
+    pairs = {"two global crops": crops[:2]} | ({"global crop, teacher's crop": [crops[0], own]} if own is not None else {})
+    teacher = model.teacher
+    for pair, views in pairs.items():
+        with torch.no_grad():
+            feats = teacher.encoder(torch.cat(views))
+            out = (teacher.head if hasattr(teacher, "head") else teacher.dino_head)(feats)
+        for name, x in (("head logits", out), ("backbone [class]", feats)):
+            same, other = same_and_other(x)
+            print(f"{name:17s} rho (same image, {pair}) {same:.3f}   different images {other:.3f}")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ class ShardDataModule(LightningDataModule):
         local_img_size: int = 96,
         local_crop_scale: Sequence[float] = (0.05, 0.4),  # DINO main_dino.py default
         # null: the teacher sees the two global crops (DINO's). [low, high]: the teacher sees one more crop of each
-        # image instead, of this scale at img_size, with flips only ([1, 1]: the whole image), and every student crop
-        # learns its target from it (batch["teacher_image"]; DINO only: docs/dino_quickstart.md, tenth round)
+        # image instead, of this scale at img_size, with flips only ([1, 1]: the whole image, or its central 4:3 part
+        # where it is wider), and every student crop learns its target from it (batch["teacher_image"]; DINO only:
+        # docs/dino_quickstart.md, tenth round)
         teacher_crop_scale: Optional[Sequence[float]] = None,
         epoch_samples: Optional[int] = None,  # samples per epoch over all ranks; counted from the shards if absent
         resampled: bool = False,  # draw shards with replacement: for endless streams with no natural epoch
