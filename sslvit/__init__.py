@@ -9,7 +9,7 @@
 torch and Lightning when first used.  The command line is ``sslvit --help``.
 """
 
-__version__ = "0.3.7"  # the one place the version is written (pyproject.toml reads it from here)
+__version__ = "0.3.8"  # the one place the version is written (pyproject.toml reads it from here)
 
 # name -> the module that holds it, imported on first use (PEP 562)
 _LAZY = {
