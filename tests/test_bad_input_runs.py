@@ -100,6 +100,7 @@ BAD = [
     (["--trainer.devices=0"], "trainer.devices=0"),
     (["--trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0"),
     (["--config={root}/dino.yaml"], "model.accumulate_grad_batches=0"),  # DINO's own check (already so)
+    (["--data.view=multicrop", "--data.teacher_crop_scale=[1.0,1.0]"], "is DINO's teacher crop, and MAE does not take it"),
     (["--data.epoch_samples=-5"], "data.epoch_samples=-5"),
     (["--data.epoch_samples=0"], "data.epoch_samples=0"),
     (["--data.img_size=48"], "data.img_size=48"),

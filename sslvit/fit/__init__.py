@@ -137,6 +137,9 @@ class FitCLI(LightningCLI):
                 [self.datamodule.hparams.train_shards, self.datamodule.hparams.val_shards]):
             ready_dir(cache_root(), "the cache folder (SSLVIT_CACHE)")  # where the digits' shards are written
         check_train_data(self.datamodule)  # a wrong path stops here, before the run folder is made
+        from sslvit.objectives.distillation import check_teacher_crop  # here: the fit module loads no objective itself
+
+        check_teacher_crop(self.model, self.datamodule)
         ready_dir(run_dir, "the run folder (trainer.default_root_dir)")
         logger = trainer_cfg.get("logger")
         if logger is not False:  # CSV and TensorBoard always, beside the recipe's own loggers (W&B, MLflow, ...)

@@ -32,6 +32,16 @@ from sslvit.objectives.optim import RunLength, adamw_warmup_cosine, fill_adamw_s
 N_GLOBAL = 2  # global crops: the teacher's inputs
 
 
+def check_teacher_crop(module: LightningModule, datamodule) -> None:
+    """``data.teacher_crop_scale`` needs an objective whose forward takes the teacher's own crop (DINO's); the fit
+    command checks it before the run folder is made, a fit elsewhere at setup."""
+    scale = getattr(datamodule, "hparams", {}).get("teacher_crop_scale")
+    if scale is not None and not getattr(module, "takes_teacher_crop", False):
+        raise ConfigError(f"data.teacher_crop_scale={list(scale)} is DINO's teacher crop, and {type(module).__name__} "
+                          "does not take it (DINOv2's iBOT loss needs the teacher on the student's global crops): "
+                          "leave it null")
+
+
 class SelfDistillation(LightningModule):
     student: nn.Module
     teacher: nn.Module
@@ -44,6 +54,7 @@ class SelfDistillation(LightningModule):
     def setup(self, stage: str) -> None:
         """BatchNorm in the heads sees the global batch, as the reference's SyncBatchNorm (CUDA only)."""
         trainer = self.trainer
+        check_teacher_crop(self, trainer.datamodule)
         if self.hparams.use_bn_in_head and trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
@@ -96,9 +107,6 @@ class SelfDistillation(LightningModule):
         log_stats = steps_now and self.global_step % self.trainer.log_every_n_steps == 0
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)  # DDP: reduce once per step
         teacher_crop = batch.get("teacher_image")  # data.teacher_crop_scale: the teacher's own view of each image
-        if teacher_crop is not None and not self.takes_teacher_crop:
-            raise ConfigError(f"{type(self).__name__} trains its teacher on the student's global crops: "
-                              "data.teacher_crop_scale is DINO's; leave it null")
         with nullcontext() if steps_now else block_sync():
             loss, out = self(crops, with_stats=log_stats, **({"teacher_crop": teacher_crop} if teacher_crop is not None else {}))
             self.manual_backward(loss / k)

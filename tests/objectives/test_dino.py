@@ -66,7 +66,7 @@ def test_with_its_own_crop_the_teacher_sees_that_crop_alone(tiny_shards, tmp_pat
     assert torch.isfinite(loss) and out["teacher_probs"].shape == (3, 128)
     v2 = DINOv2(encoder=tiny_encoder(), out_dim=128, hidden_dim=32, bottleneck_dim=16, ibot_out_dim=128,
                 ibot_hidden_dim=32, ibot_bottleneck_dim=16, warmup_epochs=0)
-    with pytest.raises(ConfigError, match="data.teacher_crop_scale is DINO's"):
+    with pytest.raises(ConfigError, match=r"data.teacher_crop_scale=\[1.0, 1.0\] is DINO's teacher crop, and DINOv2"):
         tiny_fit(v2, tiny_shards["train"], tmp_path / "v2", 1, view="multicrop", teacher_crop_scale=[1.0, 1.0])
 
 
