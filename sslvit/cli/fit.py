@@ -128,13 +128,15 @@ def _fit(args: argparse.Namespace, overrides: list[str]) -> int:
 
     front: dict = {}
     plan = None
+    given = [a.split("=", 1)[1] for a in overrides if a.startswith("--trainer.default_root_dir=")]
     if args.data:
         from sslvit.files import cache_root, ready_dir
         from sslvit.plan import plan as make_plan
 
         ready_dir(cache_root(), "the cache folder (SSLVIT_CACHE)")  # where the folder is written as shards
 
-        plan = make_plan(args.data, args.method or "mae", args.model, args.epochs, args.budget, args.out, logged=rank_zero())
+        out = given[-1] if given else args.out  # the run folder the plan names is the one the run takes
+        plan = make_plan(args.data, args.method or "mae", args.model, args.epochs, args.budget, out, logged=rank_zero())
         if rank_zero():
             print(plan.summary, flush=True)
         recipes, front = [str(plan.recipe)], plan.overrides
@@ -147,7 +149,6 @@ def _fit(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.out:
             front.setdefault("trainer", {})["default_root_dir"] = args.out
     if args.logger:
-        given = [a.split("=", 1)[1] for a in overrides if a.startswith("--trainer.default_root_dir=")]
         run_dir = given[-1] if given else front.get("trainer", {}).get("default_root_dir") or args.out
         front.setdefault("trainer", {})["logger"] = [logger_config(name, run_dir, recipes) for name in args.logger]
     flags = [f"--{k}=true" for k in ("resume", "overwrite") if getattr(args, k)]
