@@ -356,7 +356,6 @@ class MultiCropView:
         self.crops = [RandomCrop(global_size, global_scale)] * 2 + [RandomCrop(local_size, local_scale)] * local_crops
         if teacher_scale is not None:
             self.crops.append(RandomCrop(global_size, teacher_scale))
-        self.teacher_crop = teacher_scale is not None
         self.decode = decode
 
     def __call__(self, src: Source, generator: Optional[torch.Generator] = None) -> Union[list[torch.Tensor], Encoded]:

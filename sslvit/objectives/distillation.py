@@ -106,9 +106,10 @@ class SelfDistillation(LightningModule):
         steps_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
         log_stats = steps_now and self.global_step % self.trainer.log_every_n_steps == 0
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", nullcontext)  # DDP: reduce once per step
-        teacher_crop = batch.get("teacher_image")  # data.teacher_crop_scale: the teacher's own view of each image
+        # data.teacher_crop_scale: the teacher's own view of each image (only for an objective that takes it: setup)
+        own = {"teacher_crop": batch["teacher_image"]} if "teacher_image" in batch else {}
         with nullcontext() if steps_now else block_sync():
-            loss, out = self(crops, with_stats=log_stats, **({"teacher_crop": teacher_crop} if teacher_crop is not None else {}))
+            loss, out = self(crops, with_stats=log_stats, **own)
             self.manual_backward(loss / k)
         self.add_teacher_outputs(out)
         if log_stats:  # before the step: the statistics of the outputs this step trains on
